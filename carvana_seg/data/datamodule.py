@@ -1,0 +1,199 @@
+"""The LightningDataModule: a Carvana-layout folder in, by-car train/val DataLoaders out."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import albumentations as A
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from carvana_seg.data import rle
+from carvana_seg.data.cache import listing_key, open_or_build, sample_files
+from carvana_seg.data.dataset import CarvanaDataset, seed_worker_augmentation, train_augmentation
+from carvana_seg.data.errors import DataError
+from carvana_seg.data.layout import MASK_CSV, Sample, check_pairs, find_samples, split_by_car
+
+log = logging.getLogger(__name__)
+
+
+def default_num_workers() -> int:
+    """One loader process per spare core, at most 8: the training process keeps a core for itself."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(8, cores - 1))
+
+
+class CarvanaDataModule(pl.LightningDataModule):
+    """Train/val loaders over a folder in Kaggle's Carvana layout, split by car id.
+
+    Args:
+        root: the data folder (train/ or train_hq/, train_masks/, optionally train_masks.csv).
+        image_size: (H, W) every image and mask is resized to.
+        val_fraction: share of the cars held out for validation.
+        split_seed: seed of the car-id split (independent of the training seed).
+        mask_source: "files" reads train_masks/; "csv" decodes train_masks.csv instead.
+        hflip_p: probability of a horizontal flip of a training sample.
+        augment: extra albumentations transforms for training samples (after the flip).
+        check_files: read every file header at setup, so bad files stop the run before training;
+            remembered (in `cache_dir`) until a file changes, so later start-ups only stat the files.
+        cache: decode and resize every sample once into uint8 memory-mapped arrays in `cache_dir`,
+            reused by later epochs, runs and sweep jobs, rebuilt when a file changes.
+        cache_dir: where the decoded cache and the record of checked listings live.
+        synthetic: when given (cars, size, seed, test_cars), `root` is the built-in synthetic set,
+            generated there on first use and reused afterwards.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        image_size: Sequence[int] = (160, 240),
+        val_fraction: float = 0.2,
+        split_seed: int = 0,
+        batch_size: int = 8,
+        val_batch_size: int | None = None,
+        num_workers: int | Literal["auto"] = "auto",
+        pin_memory: bool = True,
+        persistent_workers: bool = True,
+        hflip_p: float = 0.5,
+        augment: Sequence[A.BasicTransform] = (),
+        mask_source: Literal["files", "csv"] = "files",
+        image_dir: str | None = None,
+        check_files: bool = True,
+        cache: bool = False,
+        cache_dir: str | Path | None = None,
+        synthetic: Mapping[str, Any] | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if root is None or str(root).strip() in ("", "???"):
+            raise DataError("data.root is not set: pass data.root=/path/to/carvana (Kaggle's layout)")
+        if mask_source not in ("files", "csv"):
+            raise DataError(f"data.mask_source must be 'files' or 'csv', got {mask_source!r}")
+        if len(image_size) != 2 or min(image_size) < 1:
+            raise DataError(f"data.image_size must be [height, width], got {list(image_size)}")
+        if cache and cache_dir is None:
+            raise DataError("data.cache=true needs data.cache_dir (a folder for the decoded arrays)")
+        self.root = Path(root).expanduser().resolve()
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        self.val_fraction = val_fraction
+        self.split_seed = split_seed
+        self.batch_size = batch_size
+        self.val_batch_size = val_batch_size or batch_size
+        self.num_workers = default_num_workers() if num_workers == "auto" else int(num_workers)
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers
+        self.hflip_p = hflip_p
+        self.augment = list(augment)
+        self.mask_source = mask_source
+        self.image_dir = image_dir
+        self.check_files = check_files
+        self.cache = cache
+        self.cache_dir = Path(cache_dir).expanduser().resolve() if cache_dir is not None else None
+        self.synthetic = dict(synthetic) if synthetic is not None else None
+        self.seed = seed
+        self.train_set: CarvanaDataset | None = None
+        self.val_set: CarvanaDataset | None = None
+
+    def prepare_data(self) -> None:
+        """Generate the built-in synthetic set on first use (Lightning runs this once per node)."""
+        if self.synthetic is not None:
+            from carvana_seg.data.synthetic import ensure_dataset
+
+            ensure_dataset(self.root, **self.synthetic)
+
+    def labelled_samples(self) -> tuple[list[Sample], dict[str, str] | None]:
+        """Every labelled sample of `root` (checked when `check_files`), with the CSV masks if used."""
+        samples = find_samples(self.root, self.image_dir, labelled=self.mask_source == "files")
+        rle_masks = self._read_rle_masks() if self.mask_source == "csv" else None
+        if self.check_files:
+            self._check_once(samples)
+        return samples, rle_masks
+
+    def _check_once(self, samples: Sequence[Sample]) -> None:
+        """Read every header, unless this exact listing (names, sizes, times) passed before."""
+        if self.cache_dir is None:
+            check_pairs(samples)
+            return
+        record = self.cache_dir / "checked" / listing_key(sample_files(samples), self.root)
+        if not record.exists():
+            check_pairs(samples)
+            record.parent.mkdir(parents=True, exist_ok=True)
+            record.touch()
+
+    def setup(self, stage: str | None = None) -> None:
+        """Find, check and split the samples; idempotent, so train() can call it before fit."""
+        if self.train_set is not None:
+            return
+        samples, rle_masks = self.labelled_samples()
+        cache = None
+        if self.cache:
+            masks_csv = self.root / MASK_CSV if rle_masks is not None else None
+            workers = max(1, default_num_workers() + 1)  # the main process only waits during the build
+            cache = open_or_build(
+                self.cache_dir, self.root, samples, self.image_size, rle_masks, masks_csv, workers
+            )
+        train, val = split_by_car(samples, self.val_fraction, self.split_seed)
+        augmentation = train_augmentation(self.hflip_p, self.augment, seed=self.seed)
+        self.train_set = CarvanaDataset(train, self.image_size, augmentation, rle_masks, cache)
+        self.val_set = CarvanaDataset(val, self.image_size, None, rle_masks, cache)
+        log.info(
+            "data %s: %d train images (%d cars), %d val images (%d cars) at %dx%d%s",
+            self.root,
+            len(train),
+            len(self._cars(train)),
+            len(val),
+            len(self._cars(val)),
+            *self.image_size,
+            ", decoded cache" if cache is not None else "",
+        )
+
+    def _read_rle_masks(self) -> dict[str, str]:
+        path = self.root / MASK_CSV
+        if not path.is_file():
+            raise DataError(f"data.mask_source=csv but {path} does not exist")
+        try:
+            return rle.read_csv(path)
+        except ValueError as err:
+            raise DataError(str(err)) from err
+
+    @staticmethod
+    def _cars(samples: Sequence[Sample]) -> list[str]:
+        return sorted({s.car_id for s in samples})
+
+    @property
+    def split(self) -> dict[str, Any]:
+        """The car ids of each split, with what determined them (written into every run directory)."""
+        if self.train_set is None or self.val_set is None:
+            raise RuntimeError("call setup() before asking for the split")
+        return {
+            "root": str(self.root),
+            "val_fraction": self.val_fraction,
+            "split_seed": self.split_seed,
+            "train": self._cars(self.train_set.samples),
+            "val": self._cars(self.val_set.samples),
+        }
+
+    def _loader(self, dataset: CarvanaDataset | None, batch_size: int, shuffle: bool) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError("call setup() before asking for a dataloader")
+        workers = self.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=workers,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            persistent_workers=self.persistent_workers and workers > 0,
+            worker_init_fn=seed_worker_augmentation if workers > 0 else None,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, self.val_batch_size, shuffle=False)

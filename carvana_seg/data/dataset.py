@@ -1,0 +1,107 @@
+"""A map-style dataset over Carvana samples: decode, resize, augment, hand back uint8 tensors.
+
+Images leave the dataset as uint8 (3, H, W) and masks as uint8 (1, H, W): a quarter of the bytes of
+float32 through the DataLoader's queues and the host-to-device copy. Normalisation happens on the
+device, inside the LightningModule, so a checkpoint carries the statistics it was trained with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import albumentations as A
+import numpy as np
+import torch
+from torch.utils.data import Dataset, get_worker_info
+
+from carvana_seg.data import rle
+from carvana_seg.data.decode import image_size, read_image, read_mask, resize_mask
+from carvana_seg.data.errors import DataError
+from carvana_seg.data.layout import Sample
+
+if TYPE_CHECKING:
+    from carvana_seg.data.cache import DecodedCache
+
+
+def load_sample(
+    sample: Sample, size: tuple[int, int], rle_masks: Mapping[str, str] | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Decode one sample: the RGB photo and its {0, 1} mask (None if unlabelled), both at `size`."""
+    full_size = image_size(sample.image)
+    image = read_image(sample.image, size)
+    if rle_masks is not None:
+        return image, resize_mask(rle.decode(rle_masks[sample.name], full_size), size)
+    if sample.mask is None:
+        return image, None
+    return image, read_mask(sample.mask, size, expect_size=full_size)
+
+
+def train_augmentation(
+    hflip_p: float, extra: Sequence[A.BasicTransform] = (), seed: int | None = None
+) -> A.Compose:
+    """The training-time augmentation: a horizontal flip, then any extra albumentations transforms."""
+    return A.Compose([A.HorizontalFlip(p=hflip_p), *extra], seed=seed)
+
+
+def seed_worker_augmentation(worker_id: int) -> None:
+    """DataLoader `worker_init_fn`: give each worker's albumentations pipeline its own random stream.
+
+    Albumentations keeps a private generator that every worker would otherwise inherit as an identical
+    copy, so all workers would flip the same way. The torch seed of a worker is distinct per worker and
+    deterministic under `seed_everything(workers=True)`.
+    """
+    info = get_worker_info()
+    transform = getattr(info.dataset, "transform", None) if info else None
+    if transform is not None:
+        transform.set_random_seed(info.seed % 2**32)
+
+
+class CarvanaDataset(Dataset):
+    """Photos (and masks) of `samples` at `size` = (H, W), optionally augmented.
+
+    Masks come from the samples' mask files, or from run-length strings keyed by image name
+    (`rle_masks`, as read from train_masks.csv); both give identical tensors. With a `cache`, the
+    decoded arrays are read from it instead of from the files (augmentation still runs every time).
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        size: tuple[int, int],
+        transform: A.Compose | None = None,
+        rle_masks: Mapping[str, str] | None = None,
+        cache: DecodedCache | None = None,
+    ) -> None:
+        self.samples = list(samples)
+        self.cache = cache
+        self.size = (int(size[0]), int(size[1]))
+        self.transform = transform
+        self.rle_masks = rle_masks
+        if rle_masks is not None:
+            missing = [s.name for s in self.samples if s.name not in rle_masks]
+            if missing:
+                raise DataError(f"{len(missing)} images have no row in the masks CSV, e.g. {missing[:5]}")
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """The resized RGB photo and {0, 1} mask of sample `index`, before augmentation."""
+        sample = self.samples[index]
+        if self.cache is not None:
+            return self.cache.get(sample.name)
+        return load_sample(sample, self.size, self.rle_masks)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
+        image, mask = self.load(index)
+        if self.transform is not None:
+            out = self.transform(image=image, mask=mask) if mask is not None else self.transform(image=image)
+            image, mask = out["image"], out.get("mask")
+        item: dict[str, torch.Tensor | int] = {
+            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
+            "index": index,
+        }
+        if mask is not None:
+            item["mask"] = torch.from_numpy(np.ascontiguousarray(mask)[None])
+        return item

@@ -1,0 +1,161 @@
+"""Kaggle's Carvana folder layout: find image/mask pairs, check them, and split them by car.
+
+    ROOT/train/<car_id>_<NN>.jpg               (or ROOT/train_hq/, Kaggle's high-quality copies)
+    ROOT/train_masks/<car_id>_<NN>_mask.gif    (palette GIF {0, 1}; PNG and 0/255 are accepted too)
+    ROOT/train_masks.csv                       (the same masks run-length encoded; optional)
+
+Every check here runs before training starts, and every error names the files it is about.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from carvana_seg.data.decode import image_size
+from carvana_seg.data.errors import DataError
+
+log = logging.getLogger(__name__)
+
+IMAGE_DIRS = ("train", "train_hq")
+MASK_DIR = "train_masks"
+MASK_CSV = "train_masks.csv"
+_IMAGE_NAME = re.compile(r"^(?P<car>[0-9A-Za-z]+)_(?P<view>\d{2})\.(?:jpe?g|png)$", re.IGNORECASE)
+_MASK_NAME = re.compile(r"^(?P<car>[0-9A-Za-z]+)_(?P<view>\d{2})_mask\.(?:gif|png)$", re.IGNORECASE)
+_MAX_LISTED = 10
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One photo of one car and (when labelled) its mask file."""
+
+    image: Path
+    mask: Path | None
+    car_id: str
+    view: int
+
+    @property
+    def name(self) -> str:
+        """The image file name, the key Kaggle's CSVs use."""
+        return self.image.name
+
+
+def _listing(paths: Sequence[Path | str]) -> str:
+    shown = "\n  ".join(str(p) for p in list(paths)[:_MAX_LISTED])
+    more = f"\n  ... and {len(paths) - _MAX_LISTED} more" if len(paths) > _MAX_LISTED else ""
+    return f"\n  {shown}{more}"
+
+
+def image_folder(root: Path, image_dir: str | None = None) -> Path:
+    """The folder of photos under `root`: `image_dir` if given, else train/ or train_hq/."""
+    if not root.is_dir():
+        raise DataError(f"data.root {root} does not exist or is not a folder")
+    candidates = [image_dir] if image_dir else list(IMAGE_DIRS)
+    for name in candidates:
+        if (root / name).is_dir():
+            return root / name
+    raise DataError(
+        f"no image folder in {root}: expected {' or '.join(f'{root}/{c}/' for c in candidates)} "
+        "(Kaggle's layout: train/<car_id>_<NN>.jpg with train_masks/<car_id>_<NN>_mask.gif)"
+    )
+
+
+def _scan(folder: Path, pattern: re.Pattern[str]) -> tuple[dict[tuple[str, int], Path], list[Path]]:
+    """Files of `folder` keyed by (car, view), and the files whose names don't fit the scheme."""
+    found: dict[tuple[str, int], Path] = {}
+    misnamed: list[Path] = []
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith(".") or not entry.is_file():
+            continue
+        match = pattern.match(entry.name)
+        if match is None:
+            misnamed.append(entry)
+            continue
+        key = (match["car"], int(match["view"]))
+        if key in found:
+            raise DataError(f"two files for car {key[0]} view {key[1]:02d}:{_listing([found[key], entry])}")
+        found[key] = entry
+    return found, misnamed
+
+
+def find_samples(root: str | Path, image_dir: str | None = None, labelled: bool = True) -> list[Sample]:
+    """All photos under `root` with their masks, sorted by car and view.
+
+    With `labelled`, every photo needs a mask file in train_masks/ and every mask a photo. Files whose
+    names don't follow Kaggle's scheme are left out and reported in the log, never used silently.
+    """
+    root = Path(root).expanduser()
+    images, misnamed = _scan(image_folder(root, image_dir), _IMAGE_NAME)
+    masks: dict[tuple[str, int], Path] = {}
+    if labelled:
+        mask_folder = root / MASK_DIR
+        if not mask_folder.is_dir():
+            raise DataError(f"no mask folder {mask_folder}/ (expected <car_id>_<NN>_mask.gif files)")
+        masks, misnamed_masks = _scan(mask_folder, _MASK_NAME)
+        misnamed += misnamed_masks
+        orphans = sorted(set(images) - set(masks))
+        if orphans:
+            raise DataError(
+                f"images without a mask in {mask_folder}:{_listing([images[k] for k in orphans])}"
+            )
+        strays = sorted(set(masks) - set(images))
+        if strays:
+            raise DataError(f"masks without an image:{_listing([masks[k] for k in strays])}")
+    if misnamed:
+        log.warning(
+            "ignoring %d files whose names don't follow Kaggle's scheme:%s", len(misnamed), _listing(misnamed)
+        )
+    if not images:
+        raise DataError(f"no images named <car_id>_<NN>.jpg in {image_folder(root, image_dir)}")
+    return [Sample(images[key], masks.get(key), key[0], key[1]) for key in sorted(images)]
+
+
+def check_pairs(samples: Sequence[Sample]) -> None:
+    """Read every image's and mask's header: unreadable files and size mismatches stop here."""
+    unreadable: list[str] = []
+    mismatched: list[str] = []
+    for sample in samples:
+        try:
+            size = image_size(sample.image)
+            mask_size = size if sample.mask is None else image_size(sample.mask)
+            if mask_size != size:
+                mismatched.append(f"{sample.mask} is {mask_size}, {sample.image} is {size}")
+        except DataError as err:
+            unreadable.append(str(err))
+    if unreadable:
+        raise DataError(f"{len(unreadable)} unreadable files:{_listing(unreadable)}")
+    if mismatched:
+        raise DataError(
+            f"{len(mismatched)} masks whose size (H, W) differs from their image's:{_listing(mismatched)}"
+        )
+
+
+def split_by_car(
+    samples: Sequence[Sample], val_fraction: float, seed: int
+) -> tuple[list[Sample], list[Sample]]:
+    """Split into (train, val) so that all views of a car land on the same side.
+
+    The split depends only on the set of car ids, the fraction and the seed: the same data gives the
+    same split on every machine, whatever the order the files were listed in.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise DataError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
+    cars = sorted({s.car_id for s in samples})
+    n_val = round(val_fraction * len(cars))
+    if val_fraction > 0:
+        n_val = max(1, n_val)
+    if n_val >= len(cars):
+        raise DataError(
+            f"cannot hold out {n_val} of {len(cars)} cars for validation and still train: "
+            "lower data.val_fraction or add cars"
+        )
+    order = np.random.default_rng(seed).permutation(len(cars))
+    val_cars = {cars[i] for i in order[:n_val]}
+    train = [s for s in samples if s.car_id not in val_cars]
+    val = [s for s in samples if s.car_id in val_cars]
+    return train, val

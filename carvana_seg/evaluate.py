@@ -1,0 +1,237 @@
+"""Score a checkpoint at full resolution and show its worst errors:
+`python -m carvana_seg.evaluate ckpt_path=RUN/checkpoints/best.ckpt`.
+
+By default the data is the run's own and the images are its validation cars (the same by-car split);
+`data.root=DIR` scores any folder with masks instead (all of its images). Writes per_image.csv,
+summary.json and worst/*.png into the evaluation's directory, and the worst images to TensorBoard.
+"""
+
+from __future__ import annotations
+
+import csv
+import heapq
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from carvana_seg.data.datamodule import default_num_workers
+from carvana_seg.data.decode import read_image
+from carvana_seg.data.errors import DataError
+from carvana_seg.errors import InputError, exit_on_input_error
+from carvana_seg.inference import (
+    PhotoDataset,
+    autocast,
+    batches_by_size,
+    load_module,
+    logit_threshold,
+    photo_loader,
+    pick_device,
+    predict_logits,
+    to_full_size,
+)
+from carvana_seg.metrics import SCORES, per_image_scores
+from carvana_seg.render import error_panel
+
+log = logging.getLogger(__name__)
+
+
+def _data_config(run_data: dict[str, Any], overrides: DictConfig) -> tuple[dict[str, Any], bool]:
+    """The run's data config with this evaluation's overrides; and whether it is still the run's data."""
+    data = dict(run_data)
+    own_data = overrides.get("root") in (None, data.get("root"))
+    if not own_data:
+        data["synthetic"] = None  # another folder: never generate data into it
+    for key in ("root", "image_dir", "mask_source", "image_size"):
+        if overrides.get(key) is not None:
+            data[key] = OmegaConf.to_object(overrides[key]) if key == "image_size" else overrides[key]
+    return data, own_data
+
+
+def _summary(values: dict[str, list[float]]) -> dict[str, float]:
+    summary = {name: float(np.mean(values[name])) for name in SCORES}
+    summary.update(dice_median=float(np.median(values["dice"])), dice_min=float(np.min(values["dice"])))
+    return summary
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Score `cfg.ckpt_path` at full and at training size; write the CSV, the summary and the pictures."""
+    started = time.perf_counter()
+    output_dir = Path(cfg.paths.output_dir)
+    device = pick_device(cfg.device)
+    module, run_config = load_module(cfg.ckpt_path, device)
+    data_config, own_data = _data_config(run_config["data"], cfg.data)
+    split = cfg.split if cfg.split != "auto" else ("val" if own_data else "all")
+    if split not in ("val", "all"):
+        raise InputError(f"split must be val, all or auto, got {cfg.split!r}")
+
+    datamodule = instantiate(data_config)
+    datamodule.prepare_data()
+    if split == "val":
+        datamodule.setup("validate")
+        samples, rle_masks = datamodule.val_set.samples, datamodule.val_set.rle_masks
+    else:
+        samples, rle_masks = datamodule.labelled_samples()
+    size = tuple(data_config["image_size"])
+    threshold = cfg.threshold if cfg.threshold is not None else module.hparams.threshold
+    thresholds = sorted({float(threshold), *(float(t) for t in cfg.thresholds)})
+    if not all(0 < t < 1 for t in thresholds):
+        raise InputError(f"thresholds must lie in (0, 1), got {thresholds}")
+
+    dataset = PhotoDataset([s.image for s in samples], size, [s.mask for s in samples], rle_masks)
+    workers = default_num_workers() if cfg.data.num_workers == "auto" else int(cfg.data.num_workers)
+    loader = photo_loader(dataset, cfg.data.batch_size, workers, pin_memory=device.type == "cuda")
+    log.info(
+        "evaluating %s on %d images of %s (%s), input %dx%d",
+        cfg.ckpt_path,
+        len(dataset),
+        data_config["root"],
+        split,
+        *size,
+    )
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    full: dict[str, list[float]] = {name: [] for name in SCORES}
+    small: dict[str, list[float]] = {name: [] for name in SCORES}
+    by_threshold: dict[float, list[float]] = {t: [] for t in thresholds}
+    worst: list[tuple[float, int, dict[str, Any]]] = []  # a heap of the K lowest dice, keyed by -dice
+    with (output_dir / "per_image.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        extra = [f"dice@{t:g}" for t in thresholds if t != threshold]
+        writer.writerow(
+            ["img", "car_id", "view", *SCORES, "false_pos", "false_neg", "dice_train_size", *extra]
+        )
+        for batch in tqdm(loader, desc="evaluate", unit="batch", dynamic_ncols=True):
+            bad = [error for error in batch["error"] if error]
+            if bad:
+                raise DataError("cannot evaluate unreadable files:\n  " + "\n  ".join(bad))
+            images = batch["image"].to(device, non_blocking=True)
+            with autocast(device, cfg.precision):
+                logits = predict_logits(module, images, cfg.tta_hflip)
+            targets_small = torch.stack(batch["mask_small"]).to(device)[:, None].bool()
+            scores_small = per_image_scores(logits > logit_threshold(threshold), targets_small)
+            for full_size, positions in batches_by_size(batch["full_size"]):
+                big = to_full_size(logits[positions], full_size)
+                target = torch.stack([batch["mask"][p] for p in positions]).to(device)[:, None].bool()
+                per_threshold = {t: per_image_scores(big > logit_threshold(t), target) for t in thresholds}
+                pred = big > logit_threshold(threshold)
+                false_pos = (pred & ~target).flatten(1).sum(1)
+                false_neg = (~pred & target).flatten(1).sum(1)
+                scores = per_threshold[threshold]
+                for row, p in enumerate(positions):
+                    sample = samples[batch["index"][p]]
+                    for name in SCORES:
+                        full[name].append(scores[name][row].item())
+                        small[name].append(scores_small[name][p].item())
+                    for t in thresholds:
+                        by_threshold[t].append(per_threshold[t]["dice"][row].item())
+                    dice = scores["dice"][row].item()
+                    writer.writerow(
+                        [
+                            sample.name,
+                            sample.car_id,
+                            sample.view,
+                            *(f"{scores[name][row].item():.6f}" for name in SCORES),
+                            int(false_pos[row]),
+                            int(false_neg[row]),
+                            f"{scores_small['dice'][p].item():.6f}",
+                            *(
+                                f"{per_threshold[t]['dice'][row].item():.6f}"
+                                for t in thresholds
+                                if t != threshold
+                            ),
+                        ]
+                    )
+                    if cfg.worst_k > 0 and (len(worst) < cfg.worst_k or -dice > worst[0][0]):
+                        entry = {
+                            "sample": sample,
+                            "dice": dice,
+                            "pred": pred[row, 0].cpu().numpy(),
+                            "target": target[row, 0].cpu().numpy(),
+                        }
+                        item = (-dice, len(full["dice"]), entry)
+                        heapq.heappush(worst, item) if len(worst) < cfg.worst_k else heapq.heappushpop(
+                            worst, item
+                        )
+
+    if not full["dice"]:
+        raise DataError(f"no images to evaluate in {data_config['root']}")
+    ranked = [entry for _, _, entry in sorted(worst, key=lambda item: -item[0])]
+    summary = {
+        "ckpt_path": str(Path(cfg.ckpt_path).resolve()),
+        "data_root": str(data_config["root"]),
+        "split": split,
+        "images": len(full["dice"]),
+        "input_size": list(size),
+        "threshold": threshold,
+        "tta_hflip": bool(cfg.tta_hflip),
+        "full_size": _summary(full),
+        "train_size": _summary(small),
+        "dice_by_threshold": {f"{t:g}": float(np.mean(v)) for t, v in by_threshold.items()},
+        "worst": [{"img": e["sample"].name, "dice": e["dice"]} for e in ranked],
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    _render_worst(ranked, output_dir)
+    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    _print_summary(summary, output_dir)
+    return summary
+
+
+def _render_worst(ranked: list[dict[str, Any]], output_dir: Path) -> None:
+    if not ranked:
+        return
+    folder = output_dir / "worst"
+    folder.mkdir(exist_ok=True)
+    with SummaryWriter(str(output_dir / "tensorboard")) as tensorboard:
+        for rank, entry in enumerate(ranked, start=1):
+            sample = entry["sample"]
+            photo = read_image(sample.image)
+            title = f"#{rank}  {sample.name}  dice {entry['dice']:.4f}"
+            panel = error_panel(photo, entry["pred"], entry["target"], title)
+            path = folder / f"{rank:02d}_{sample.image.stem}.png"
+            import cv2
+
+            cv2.imwrite(str(path), cv2.cvtColor(panel, cv2.COLOR_RGB2BGR))
+            tensorboard.add_image(f"worst/{rank:02d}", panel, global_step=0, dataformats="HWC")
+
+
+def _print_summary(summary: dict[str, Any], output_dir: Path) -> None:
+    lines = [
+        f"{summary['images']} images of {summary['data_root']} ({summary['split']}), "
+        f"threshold {summary['threshold']:g}" + (", flip TTA" if summary["tta_hflip"] else ""),
+        f"{'':<22}{'dice':>9}{'mean-cls':>10}{'accuracy':>10}{'iou':>9}",
+    ]
+    for label, key in (("full size", "full_size"), (f"input {summary['input_size']}", "train_size")):
+        s = summary[key]
+        lines.append(
+            f"{label:<22}{s['dice']:9.4f}{s['dice_mean_classes']:10.4f}{s['accuracy']:10.4f}{s['iou']:9.4f}"
+        )
+    lines.append(
+        f"full-size dice: median {summary['full_size']['dice_median']:.4f}, "
+        f"worst {summary['full_size']['dice_min']:.4f}"
+    )
+    if len(summary["dice_by_threshold"]) > 1:
+        lines.append(
+            "dice by threshold: "
+            + ", ".join(f"{t}: {d:.4f}" for t, d in summary["dice_by_threshold"].items())
+        )
+    lines.append(f"written to {output_dir}")
+    print("\n".join(lines))
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    exit_on_input_error(evaluate, cfg)
+
+
+if __name__ == "__main__":
+    main()

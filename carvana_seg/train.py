@@ -1,0 +1,123 @@
+"""Train a segmentation network: `python -m carvana_seg.train model=unet loss=bce_dice`.
+
+`main` is a thin Hydra wrapper; `train(cfg)` does the work and is what tests and sweeps call.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities import rank_zero_only
+
+from carvana_seg.errors import exit_on_input_error
+from carvana_seg.module import SegmentationModule
+from carvana_seg.runtime import resolve_precision, uses_cuda
+
+log = logging.getLogger(__name__)
+
+
+@rank_zero_only
+def write_json(path: Path, content: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
+
+
+def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested config to {"a/b/c": value}, the flat form TensorBoard's hparams view wants."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{name}/"))
+        else:
+            flat[name] = value if isinstance(value, int | float | str | bool) else str(value)
+    return flat
+
+
+def _number(value: Any) -> float | None:
+    value = float(value.item() if isinstance(value, torch.Tensor) else value)
+    return value if math.isfinite(value) else None
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit the configured network on the configured data; return (and save) the final metrics."""
+    started = time.perf_counter()
+    output_dir = Path(cfg.paths.output_dir)
+    pl.seed_everything(cfg.seed, workers=True)
+    if uses_cuda(cfg.trainer.get("accelerator", "auto")):
+        torch.backends.cudnn.benchmark = bool(cfg.get("cudnn_benchmark", True))
+        torch.set_float32_matmul_precision("high")
+
+    # Data first: a bad folder stops the run here, before a network or a Trainer exists.
+    datamodule: pl.LightningDataModule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    write_json(output_dir / "split.json", datamodule.split)
+
+    run_config = OmegaConf.to_container(cfg, resolve=True)
+    module = SegmentationModule(
+        net=instantiate(cfg.model),
+        loss=instantiate(cfg.loss),
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        run_config=run_config,
+        **cfg.module,
+    )
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    precision = resolve_precision(cfg.trainer.get("precision"), cfg.trainer.get("accelerator", "auto"))
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, precision=precision
+    )
+    for logger in trainer.loggers:
+        logger.log_hyperparams(_flatten(run_config))
+
+    log.info(
+        "training %s with %s, precision %s, into %s",
+        cfg.model._target_,
+        cfg.loss._target_,
+        precision,
+        output_dir,
+    )
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+
+    metrics: dict[str, Any] = {k: _number(v) for k, v in trainer.callback_metrics.items()}
+    checkpoint = trainer.checkpoint_callback
+    metrics.update(
+        epochs=trainer.current_epoch,
+        steps=trainer.global_step,
+        precision=str(precision),
+        best_checkpoint=getattr(checkpoint, "best_model_path", None) or None,
+        last_checkpoint=getattr(checkpoint, "last_model_path", None) or None,
+        wall_time_s=round(time.perf_counter() - started, 2),
+    )
+    write_json(output_dir / "metrics.json", metrics)
+    log.info(
+        "val/dice %.4f (best %.4f), wall time %.1f s",
+        metrics.get("val/dice") or 0.0,
+        metrics.get("val/dice_best") or 0.0,
+        metrics["wall_time_s"],
+    )
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    """Entry point; returns the value of `optimized_metric` for Hydra sweepers."""
+    metrics = exit_on_input_error(train, cfg)
+    metric = cfg.get("optimized_metric")
+    return metrics.get(metric) if metric else None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""Shared fixtures: tiny Kaggle-layout folders made on the fly, and the real config, shrunk.
+
+No real Carvana file is ever copied here (competition licence): fixtures are drawn with numpy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+from PIL import Image
+
+from carvana_seg.data.decode import encode_mask
+from carvana_seg.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = ROOT / "conf"
+SHARED_SAMPLE = ROOT.parent / "shared" / "carvana_sample"
+
+
+def car_id(index: int) -> str:
+    return f"{index:012x}"
+
+
+def draw_view(size: tuple[int, int], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A light backdrop with one dark ellipse 'car'; returns (RGB uint8 image, {0,1} mask)."""
+    height, width = size
+    yy, xx = np.mgrid[:height, :width]
+    cy, cx = height * rng.uniform(0.45, 0.6), width * rng.uniform(0.4, 0.6)
+    ry, rx = height * rng.uniform(0.15, 0.25), width * rng.uniform(0.25, 0.35)
+    mask = (((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1).astype(np.uint8)
+    image = np.full((height, width, 3), 225, np.uint8)
+    image[mask == 1] = rng.integers(20, 120, size=3)
+    return image, mask
+
+
+def write_carvana(
+    root: Path,
+    cars: int = 3,
+    views: int = 4,
+    size: tuple[int, int] = (40, 60),
+    mask_format: str = "gif",
+    mask_max: int = 1,
+    seed: int = 0,
+) -> Path:
+    """A folder in Kaggle's layout: train/<car>_<NN>.jpg and train_masks/<car>_<NN>_mask.<fmt>."""
+    rng = np.random.default_rng(seed)
+    (root / "train").mkdir(parents=True, exist_ok=True)
+    (root / "train_masks").mkdir(parents=True, exist_ok=True)
+    for car in range(cars):
+        for view in range(1, views + 1):
+            image, mask = draw_view(size, rng)
+            name = f"{car_id(car)}_{view:02d}"
+            Image.fromarray(image).save(root / "train" / f"{name}.jpg", quality=95)
+            path = root / "train_masks" / f"{name}_mask.{mask_format}"
+            if mask_format == "gif" and mask_max == 1:
+                path.write_bytes(encode_mask(mask, "gif"))  # Kaggle's: palette indices {0, 1}
+            else:
+                Image.fromarray(mask * mask_max).save(path)
+    return root
+
+
+@pytest.fixture
+def carvana_dir(tmp_path: Path) -> Path:
+    """Three cars of four views at 40x60, Kaggle-style palette GIF masks {0, 1}."""
+    return write_carvana(tmp_path / "carvana")
+
+
+# Overrides that shrink the real config to a few seconds on a CPU.
+TINY = [
+    "data.image_size=[32,48]",
+    "data.batch_size=4",
+    "data.num_workers=0",
+    "trainer.accelerator=cpu",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=2",
+    "trainer.num_sanity_val_steps=0",
+    "trainer.log_every_n_steps=1",
+    "trainer.enable_model_summary=false",
+    "+trainer.enable_progress_bar=false",
+]
+
+
+TINY_UNET = ["model.base_channels=4", "model.depth=2"]
+TINY_CNN = ["model.hidden_channels=4"]
+
+
+@pytest.fixture
+def make_cfg(tmp_path: Path, carvana_dir: Path) -> Callable[..., DictConfig]:
+    """Compose conf/train.yaml on the fixture folder with TINY overrides, plus the test's own."""
+
+    def make(*overrides: str, output_dir: Path | None = None) -> DictConfig:
+        tiny_model = TINY_CNN if "model=cnn" in overrides else TINY_UNET
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose(
+                "train",
+                overrides=[
+                    "data=carvana",
+                    f"data.root={carvana_dir}",
+                    f"paths.output_dir={output_dir or tmp_path / 'run'}",
+                    f"paths.cache_dir={tmp_path / 'cache'}",
+                    *TINY,
+                    *tiny_model,
+                    *overrides,
+                ],
+            )
+
+    return make
+
+
+requires_sample = pytest.mark.skipif(
+    not (SHARED_SAMPLE / "train").is_dir(), reason="../shared/carvana_sample (real Carvana files) is absent"
+)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    """A checkpoint trained a little on 4 cars of 64x96 photos (input 32x48), and its data folder:
+    shared by the evaluate and predict tests."""
+    base = tmp_path_factory.mktemp("trained")
+    data = write_carvana(base / "data", cars=4, views=4, size=(64, 96))
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=[
+                "data=carvana",
+                f"data.root={data}",
+                f"paths.output_dir={base / 'run'}",
+                *TINY,
+                *TINY_UNET,
+                "trainer.max_epochs=3",
+                "callbacks.prediction_grid=null",
+                "data.val_fraction=0.5",
+            ],
+        )
+    train(cfg)
+    return base / "run" / "checkpoints" / "last.ckpt", data

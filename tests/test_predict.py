@@ -1,0 +1,168 @@
+"""predict: full-size masks and a submission whose rows decode back to them; order; resume; bad input."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from PIL import Image
+
+from carvana_seg.data import rle
+from carvana_seg.data.decode import read_mask
+from carvana_seg.errors import InputError
+from carvana_seg.predict import predict, verify_submission
+from tests.conftest import CONF_DIR, ROOT, write_carvana
+
+
+def photos(tmp_path: Path, count_cars: int = 3, views: int = 4, name: str = "test") -> Path:
+    """A folder of unlabelled photos like Kaggle's test/."""
+    data = write_carvana(tmp_path / f"{name}_data", cars=count_cars, views=views, size=(64, 96), seed=9)
+    shutil.rmtree(data / "train_masks")
+    return (data / "train").rename(tmp_path / name)
+
+
+def predict_cfg(ckpt: Path, input_dir: Path, output: Path, *overrides: str):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(
+            "predict",
+            overrides=[
+                f"ckpt_path={ckpt}",
+                f"input={input_dir}",
+                f"output={output}",
+                "num_workers=0",
+                "batch_size=3",
+                "chunk_size=4",
+                *overrides,
+            ],
+        )
+
+
+def submission_rows(output: Path) -> list[list[str]]:
+    with gzip.open(output / "submission.csv.gz", "rt", newline="") as handle:
+        return list(csv.reader(handle))
+
+
+def test_rle_rows_decode_back_to_the_written_full_size_masks(trained, tmp_path):
+    ckpt, _ = trained
+    test = photos(tmp_path)
+    result = predict(predict_cfg(ckpt, test, tmp_path / "out"))
+    rows = submission_rows(tmp_path / "out")
+    assert rows[0] == ["img", "rle_mask"] and len(rows) == 13 and result["images"] == 12
+    assert [r[0] for r in rows[1:]] == sorted(p.name for p in test.iterdir())
+    for name, encoded in rows[1:]:
+        gif = tmp_path / "out" / "masks" / name.replace(".jpg", "_mask.gif")
+        with Image.open(gif) as image:
+            assert image.mode == "P" and image.size == (96, 64)  # full size, Kaggle-style palette GIF
+        mask = read_mask(gif)
+        assert set(np.unique(mask)) <= {0, 1}
+        assert np.array_equal(rle.decode(encoded, (64, 96)), mask)
+
+
+def test_rows_follow_the_sample_submission_and_png_masks(trained, tmp_path):
+    ckpt, _ = trained
+    test = photos(tmp_path)
+    names = sorted(p.name for p in test.iterdir())
+    order = names[5:] + names[:5]
+    sample = tmp_path / "sample_submission.csv"
+    sample.write_text("img,rle_mask\n" + "".join(f"{n},1 1\n" for n in order))
+    predict(predict_cfg(ckpt, test, tmp_path / "out", f"sample_submission={sample}", "masks=png"))
+    assert [r[0] for r in submission_rows(tmp_path / "out")[1:]] == order
+    assert len(list((tmp_path / "out" / "masks").glob("*_mask.png"))) == 12
+
+
+def test_a_killed_run_resumes_and_ends_with_one_row_per_image(trained, tmp_path):
+    ckpt, _ = trained
+    test = photos(tmp_path, count_cars=30, views=16)  # 480 photos
+    output = tmp_path / "out"
+    command = [
+        sys.executable,
+        "-m",
+        "carvana_seg.predict",
+        f"ckpt_path={ckpt}",
+        f"input={test}",
+        f"output={output}",
+        "num_workers=0",
+        "batch_size=4",
+        "chunk_size=8",
+        "device=cpu",
+        f"hydra.run.dir={tmp_path / 'logs'}",
+    ]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list((output / ".parts").glob("part-*.csv.gz"))) < 3:
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)  # no clean-up of any kind
+    process.wait()
+    committed = len(list((output / ".parts").glob("part-*.csv.gz")))
+    assert 3 <= committed < 60 and not (output / "submission.csv.gz").exists()
+
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads(result.stdout[result.stdout.index("{") :])
+    assert summary["images"] == 480 and 0 < summary["predicted_now"] <= 480 - 8 * committed
+    rows = submission_rows(output)[1:]
+    assert [r[0] for r in rows] == sorted(p.name for p in test.iterdir())  # no duplicates, no gaps
+    verify_submission(output / "submission.csv.gz", [r[0] for r in rows])
+
+
+def test_empty_input_folder(trained, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match=r"no \.jpg or \.png photos"):
+        predict(predict_cfg(trained[0], tmp_path / "empty", tmp_path / "out"))
+
+
+def test_unreadable_photos_stop_the_run_or_are_skipped_and_listed(trained, tmp_path):
+    ckpt, _ = trained
+    test = photos(tmp_path)
+    broken = sorted(test.iterdir())[4]
+    broken.write_bytes(b"\xff\xd8 truncated")
+    with pytest.raises(InputError, match=broken.name):
+        predict(predict_cfg(ckpt, test, tmp_path / "stopped"))
+    assert not (tmp_path / "stopped").exists()  # nothing written before the check
+    result = predict(predict_cfg(ckpt, test, tmp_path / "skipped", "on_error=skip"))
+    assert result["skipped_unreadable"] == 1
+    rows = dict(submission_rows(tmp_path / "skipped")[1:])
+    assert len(rows) == 12 and rows[broken.name] == ""
+    assert broken.name in (tmp_path / "skipped" / "unreadable.txt").read_text()
+
+
+def test_a_checkpoint_that_is_not_ours(tmp_path):
+    import torch
+
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {"layer.weight": torch.zeros(1)}, "epoch": 3}, foreign)
+    with pytest.raises(InputError, match="not a carvana_seg checkpoint"):
+        predict(predict_cfg(foreign, photos(tmp_path), tmp_path / "out"))
+
+
+def test_an_output_folder_of_another_run_is_refused_before_any_work(trained, tmp_path):
+    ckpt, _ = trained
+    test = photos(tmp_path)
+    predict(predict_cfg(ckpt, test, tmp_path / "out"))
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("*")}
+    with pytest.raises(InputError, match=r"different prediction run.*threshold"):
+        predict(predict_cfg(ckpt, test, tmp_path / "out", "threshold=0.7"))
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("*")} == before  # nothing lost
+    (tmp_path / "stranger").mkdir()
+    (tmp_path / "stranger" / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="not empty"):
+        predict(predict_cfg(ckpt, test, tmp_path / "stranger"))
+
+
+def test_a_finished_run_rerun_does_nothing_new(trained, tmp_path):
+    ckpt, _ = trained
+    test = photos(tmp_path)
+    predict(predict_cfg(ckpt, test, tmp_path / "out"))
+    again = predict(predict_cfg(ckpt, test, tmp_path / "out"))
+    assert again["predicted_now"] == 0 and len(submission_rows(tmp_path / "out")) == 13

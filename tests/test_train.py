@@ -1,0 +1,86 @@
+"""train(cfg) on the real config, shrunk: every model x loss trains, and a run leaves what it promises."""
+
+import json
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.errors import MissingConfigException
+
+from carvana_seg.runtime import resolve_precision
+from carvana_seg.train import train
+from tests.conftest import CONF_DIR
+
+
+@pytest.mark.parametrize("loss", ["bce", "dice", "bce_dice"])
+@pytest.mark.parametrize("model", ["cnn", "unet"])
+def test_every_model_and_loss_trains_a_few_steps(make_cfg, tmp_path, model, loss):
+    cfg = make_cfg(f"model={model}", f"loss={loss}", "callbacks.prediction_grid=null")
+    metrics = train(cfg)
+    assert metrics["steps"] == 2
+    for key in (
+        "val/dice",
+        "val/dice_best",
+        "val/accuracy",
+        "val/dice_mean_classes",
+        "val/iou",
+        "train/dice",
+    ):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    assert metrics["val/loss"] > 0
+
+
+def test_a_run_directory_holds_split_metrics_and_checkpoints(make_cfg, tmp_path):
+    out = tmp_path / "run"
+    metrics = train(make_cfg("trainer.max_epochs=2", output_dir=out))
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["val/dice"] == pytest.approx(metrics["val/dice"])
+    assert saved["val/dice_best"] >= saved["val/dice"] - 1e-9
+    assert saved["epochs"] == 2 and saved["precision"] == "32-true"
+    split = json.loads((out / "split.json").read_text())
+    assert split["train"] and split["val"] and not set(split["train"]) & set(split["val"])
+    assert (out / "checkpoints" / "best.ckpt").is_file() and (out / "checkpoints" / "last.ckpt").is_file()
+    checkpoint = torch.load(out / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
+    assert checkpoint["carvana_seg"]["config"]["model"]["_target_"] == "carvana_seg.models.unet.UNet"
+
+
+def test_ckpt_path_resumes_where_the_run_stopped(make_cfg, tmp_path):
+    first = tmp_path / "first"
+    train(make_cfg("trainer.max_epochs=1", output_dir=first))
+    resumed = train(
+        make_cfg(
+            "trainer.max_epochs=2",
+            f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}",
+            output_dir=tmp_path / "second",
+        )
+    )
+    assert resumed["epochs"] == 2 and resumed["steps"] == 4  # 2 steps from the checkpoint, 2 new ones
+
+
+def test_same_seed_same_result(make_cfg, tmp_path):
+    one = train(make_cfg(output_dir=tmp_path / "a"))
+    two = train(make_cfg(output_dir=tmp_path / "b"))
+    assert one["train/loss_epoch"] == pytest.approx(two["train/loss_epoch"], rel=1e-5)
+
+
+def test_unknown_group_option_is_hydras_own_error():
+    with (
+        initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"),
+        pytest.raises(MissingConfigException, match="model"),
+    ):
+        compose("train", overrides=["model=resnet9000"])
+
+
+def test_every_group_option_composes():
+    groups = {p.name: sorted(f.stem for f in p.glob("*.yaml")) for p in CONF_DIR.iterdir() if p.is_dir()}
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        for group in ("data", "model", "loss", "optimizer", "scheduler", "trainer"):
+            for option in groups[group]:
+                compose("train", overrides=[f"{group}={option}"])
+
+
+def test_precision_auto_is_fp32_on_cpu_and_passes_explicit_values():
+    assert resolve_precision("auto", "cpu") == "32-true"
+    assert resolve_precision("bf16-mixed", "cpu") == "bf16-mixed"
+    if not torch.cuda.is_available():
+        assert resolve_precision("auto", "auto") == "32-true"

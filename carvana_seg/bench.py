@@ -321,21 +321,24 @@ def lightning_overhead(
 
 def bench_train(cfg: DictConfig, device: torch.device, rows: list[dict]) -> None:
     sizes = [tuple(s) for s in cfg.train.sizes[device.type]]
-    precisions = list(cfg.train.precisions[device.type])
-    compiles = list(cfg.train.compile[device.type])
+    variants = [(str(precision), bool(compiled)) for precision, compiled in cfg.train.variants[device.type]]
     for name, model_cfg in cfg.models.items():
         for size in sizes:
-            for precision in precisions:
-                for compile_net in compiles:
-                    rate, peak = train_rate(instantiate(model_cfg), size, precision, compile_net, cfg, device)
-                    setting = f"{size[0]}x{size[1]}, batch {cfg.train.batch_size}, {precision}" + (
-                        ", compiled" if compile_net else ""
+            for precision, compile_net in variants:
+                rate, peak = train_rate(instantiate(model_cfg), size, precision, compile_net, cfg, device)
+                setting = f"{size[0]}x{size[1]}, batch {cfg.train.batch_size}, {precision}"
+                rows.append(
+                    row(
+                        "train",
+                        name,
+                        setting + (", compiled" if compile_net else ""),
+                        rate=rate,
+                        peak_gib=peak,
                     )
-                    rows.append(row("train", name, setting, rate=rate, peak_gib=peak))
-    name, model_cfg = (
-        next(iter(cfg.models.items())) if "unet" not in cfg.models else ("unet", cfg.models.unet)
-    )
-    size, precision = sizes[0], precisions[-1] if device.type == "cuda" else precisions[0]
+                )
+    name = "unet" if "unet" in cfg.models else next(iter(cfg.models))
+    model_cfg, size = cfg.models[name], sizes[0]
+    precision = "bf16-mixed" if device.type == "cuda" else "32-true"
     lightning, plain = lightning_overhead(lambda: instantiate(model_cfg), size, precision, cfg, device)
     rows.append(
         row(
@@ -363,12 +366,15 @@ def bench_predict(cfg: DictConfig, root: Path, device: torch.device, rows: list[
         "module": {"threshold": 0.5, "channels_last": True},
         "data": {"image_size": size},
     }
-    samples = find_samples(root)[: cfg.predict.images]
+    samples = find_samples(root)
     with tempfile.TemporaryDirectory() as tmp:
+        # The data set's photos, repeated under new names up to `predict.images`: enough photos that
+        # start-up (loading the model, starting the workers) does not count in the rate.
         photos = Path(tmp) / "photos"
         photos.mkdir()
-        for sample in samples:
-            (photos / sample.image.name).symlink_to(sample.image.resolve())
+        for i in range(cfg.predict.images):
+            sample = samples[i % len(samples)]
+            (photos / f"{i:06d}_{sample.image.name}").symlink_to(sample.image.resolve())
         ckpt = Path(tmp) / "bench.ckpt"
         torch.save({"state_dict": module.state_dict(), "carvana_seg": {"config": config}}, ckpt)
         full = np.asarray(Image.open(samples[0].mask)).shape
@@ -438,6 +444,21 @@ def row(
     return entry
 
 
+class Rows(list):
+    """The measured rows; each is also appended to `path` (JSON lines) as soon as it exists, so a
+    benchmark that is stopped early still leaves what it measured."""
+
+    def __init__(self, path: Path | None) -> None:
+        super().__init__()
+        self.path = path
+
+    def append(self, entry: dict[str, Any]) -> None:
+        super().append(entry)
+        if self.path is not None:
+            with self.path.open("a") as handle:
+                handle.write(json.dumps(entry) + "\n")
+
+
 def markdown(rows: list[dict], machine: str) -> str:
     lines = [
         f"Machine: {machine}",
@@ -473,7 +494,11 @@ def bench(cfg: DictConfig) -> list[dict]:
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()  # the built-in set is generated on first use
     root = datamodule.root
-    rows: list[dict] = []
+    output = Path(cfg.output) if cfg.output else None
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.with_suffix(".jsonl").unlink(missing_ok=True)
+    rows = Rows(output.with_suffix(".jsonl") if output is not None else None)
     if "loader" in cfg.sections:
         bench_loader(cfg, root, Path(cfg.paths.cache_dir), rows)
     if "train" in cfg.sections:
@@ -482,10 +507,8 @@ def bench(cfg: DictConfig) -> list[dict]:
         bench_predict(cfg, root, device, rows)
     table = markdown(rows, machine_name(device))
     print(table)
-    if cfg.output:
-        Path(cfg.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(cfg.output).write_text(table + "\n")
-        Path(cfg.output).with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
+    if output is not None:
+        output.write_text(table + "\n")
     return rows
 
 

@@ -19,11 +19,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
+from carvana_seg import scaling
 from carvana_seg.errors import exit_on_input_error
 from carvana_seg.module import SegmentationModule
 from carvana_seg.runtime import resolve_precision, uses_cuda
 
 log = logging.getLogger(__name__)
+# Absolute, so that `main` finds the configs from any module it is imported into (see __main__ below).
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 
 @rank_zero_only
@@ -54,6 +57,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     started = time.perf_counter()
     output_dir = Path(cfg.paths.output_dir)
     pl.seed_everything(cfg.seed, workers=True)
+    scaling.share_machine(cfg.get("torch_threads"))  # sweep jobs side by side: each to its share
     if uses_cuda(cfg.trainer.get("accelerator", "auto")):
         torch.backends.cudnn.benchmark = bool(cfg.get("cudnn_benchmark", True))
         torch.set_float32_matmul_precision("high")
@@ -79,6 +83,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer: pl.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, precision=precision
     )
+    scaling.check_launch(trainer, bool(cfg.trainer.get("sync_batchnorm")))
+    scaling.describe(trainer, cfg.data.batch_size)
     for logger in trainer.loggers:
         logger.log_hyperparams(_flatten(run_config))
 
@@ -111,7 +117,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Entry point; returns the value of `optimized_metric` for Hydra sweepers."""
     metrics = exit_on_input_error(train, cfg)
@@ -120,4 +126,9 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    # Run the copy of `main` imported from `carvana_seg.train`, not this `__main__` one: parallel
+    # launchers (joblib) pickle the task for their workers, and functions of `__main__` are pickled by
+    # value with everything they reach (torch's cudnn module cannot be); importable ones by reference.
+    from carvana_seg.train import main as importable_main
+
+    importable_main()

@@ -18,6 +18,7 @@ from carvana_seg.data.cache import listing_key, open_or_build, sample_files
 from carvana_seg.data.dataset import CarvanaDataset, seed_worker_augmentation, train_augmentation
 from carvana_seg.data.errors import DataError
 from carvana_seg.data.layout import MASK_CSV, Sample, check_pairs, find_samples, split_by_car
+from carvana_seg.scaling import unrepeated
 
 log = logging.getLogger(__name__)
 
@@ -196,4 +197,5 @@ class CarvanaDataModule(pl.LightningDataModule):
         return self._loader(self.train_set, self.batch_size, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, self.val_batch_size, shuffle=False)
+        # Under DDP every validation image is scored once, by one process (see carvana_seg.scaling).
+        return unrepeated(self._loader(self.val_set, self.val_batch_size, shuffle=False))

@@ -1,0 +1,115 @@
+"""U-Net whose encoder is a torchvision ResNet (He et al., 2016), as in the strong Carvana solutions.
+
+The ResNet stem halves the resolution twice before its first block, so the expensive full-resolution
+convolutions of the plain U-Net are replaced by a decoder that brings the skip features (1/2, 1/4,
+... 1/32 of the input) back up. The encoder starts from random weights: nothing is downloaded at run
+time. ImageNet weights saved locally (e.g. torchvision's resnet34-b627a593.pth) load with
+`encoder_weights=PATH`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torchvision.models import resnet
+
+from carvana_seg.errors import InputError
+from carvana_seg.models.unet import DoubleConv, Up
+
+_ENCODERS = {
+    "resnet18": (resnet.resnet18, (64, 64, 128, 256, 512)),
+    "resnet34": (resnet.resnet34, (64, 64, 128, 256, 512)),
+    "resnet50": (resnet.resnet50, (64, 256, 512, 1024, 2048)),
+}
+
+
+def load_encoder_weights(encoder: nn.Module, path: str | Path) -> None:
+    """Load a local ResNet state dict (torchvision's ImageNet file, or one saved from it)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise InputError(
+            f"model.encoder_weights: {path} does not exist. Nothing is downloaded at run time: save the "
+            "ImageNet weights there first (e.g. torchvision's resnet34-b627a593.pth), or set "
+            "model.encoder_weights=null to start from random weights"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a file that is not a state dict
+        raise InputError(f"model.encoder_weights: {path} is not a readable PyTorch state dict") from err
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}  # the classifier is not used
+    missing, unexpected = encoder.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("fc.")]
+    if missing or unexpected:
+        raise InputError(
+            f"model.encoder_weights: {path} does not fit this encoder "
+            f"(missing {missing[:3]}..., unexpected {unexpected[:3]}...)"
+        )
+
+
+class ResNetUNet(nn.Module):
+    """ResNet encoder, U-Net decoder (up-sample, pad to the skip's size, concatenate, double conv).
+
+    Args:
+        encoder: "resnet18", "resnet34" or "resnet50".
+        decoder_channels: widths of the five decoder stages, from 1/16 up to full resolution.
+        encoder_weights: a local file of ImageNet weights for the encoder, or None for random ones.
+        in_channels, out_channels: image channels in, logits per pixel out.
+    """
+
+    def __init__(
+        self,
+        encoder: str = "resnet34",
+        decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16),
+        encoder_weights: str | None = None,
+        in_channels: int = 3,
+        out_channels: int = 1,
+    ) -> None:
+        super().__init__()
+        if encoder not in _ENCODERS:
+            raise InputError(f"model.encoder must be one of {sorted(_ENCODERS)}, got {encoder!r}")
+        if len(decoder_channels) != 5:
+            raise InputError(f"model.decoder_channels needs 5 widths, got {list(decoder_channels)}")
+        build, widths = _ENCODERS[encoder]
+        backbone = build(weights=None)
+        if encoder_weights:
+            load_encoder_weights(backbone, encoder_weights)
+        if in_channels != 3:
+            backbone.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        self.stem = nn.Sequential(backbone.conv1, backbone.bn1, backbone.relu)  # 1/2
+        self.pool = backbone.maxpool  # 1/4
+        self.stages = nn.ModuleList([backbone.layer1, backbone.layer2, backbone.layer3, backbone.layer4])
+        skips = [widths[3], widths[2], widths[1], widths[0], 0]  # 1/16, 1/8, 1/4, 1/2, full size
+        incoming = [widths[4], *decoder_channels[:-1]]
+        self.ups = nn.ModuleList(
+            Up(inp, skip, out) if skip else _UpNoSkip(inp, out)
+            for inp, skip, out in zip(incoming, skips, decoder_channels, strict=True)
+        )
+        self.head = nn.Conv2d(decoder_channels[-1], out_channels, kernel_size=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        size = x.shape[-2:]
+        half = self.stem(x)
+        features = [half]
+        y = self.pool(half)
+        for stage in self.stages:
+            y = stage(y)
+            features.append(y)
+        # features: 1/2 (stem), 1/4, 1/8, 1/16, 1/32
+        y = features.pop()
+        for up in self.ups[:-1]:
+            y = up(y, features.pop())
+        return self.head(self.ups[-1](y, size))
+
+
+class _UpNoSkip(nn.Module):
+    """The last decoder stage: up to the input's exact size, then a double conv (no skip there)."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv = DoubleConv(in_channels, out_channels)
+
+    def forward(self, x: Tensor, size: torch.Size) -> Tensor:
+        x = nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        return self.conv(x)

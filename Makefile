@@ -11,7 +11,11 @@ STAMP := $(VENV)/.installed-stamp
 # Extra Hydra overrides for the training targets, e.g. `make train ARGS="trainer.max_epochs=2"`.
 ARGS ?=
 
-.PHONY: help venv train test lint format clean
+# Where `make study` writes its sweep, and what `make figures` / `make notebooks` read.
+STUDY_DIR ?= runs/study
+NOTEBOOK_OUT ?= runs/notebooks
+
+.PHONY: help venv train test lint format study figures notebooks bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -29,6 +33,21 @@ train: $(STAMP) ## train the default U-Net (BCE+dice) on the built-in synthetic 
 
 test: $(STAMP) ## run the test suite (CPU-sized; GPU tests skip without CUDA)
 	$(PY) -m pytest $(ARGS)
+
+study: $(STAMP) ## the seed study on the built-in data: CNN vs U-Net x BCE/dice/BCE+dice, one multirun into runs/study
+	$(PY) -m carvana_seg.train -m experiment=study_cpu hydra.sweep.dir=$(STUDY_DIR) $(ARGS)
+
+figures: $(STAMP) ## the study's figures and table into docs/images (after `make study`)
+	$(PY) -m carvana_seg.figures $(STUDY_DIR) --out docs/images
+
+notebooks: $(STAMP) ## execute notebooks/ into runs/notebooks as ipynb with outputs and HTML; 02 reads runs/study
+	@mkdir -p $(NOTEBOOK_OUT)
+	$(PY) -m papermill --no-progress-bar notebooks/01_data_and_metric.ipynb $(NOTEBOOK_OUT)/01_data_and_metric.ipynb
+	$(PY) -m papermill --no-progress-bar notebooks/02_results.ipynb $(NOTEBOOK_OUT)/02_results.ipynb -p study_dir $(STUDY_DIR)
+	$(VENV)/bin/jupyter nbconvert --to html $(NOTEBOOK_OUT)/*.ipynb
+
+bench: $(STAMP) ## the speed table: loaders, training per model/size/precision, full-size prediction
+	$(PY) -m carvana_seg.bench $(ARGS)
 
 lint: $(STAMP) ## ruff check and format check
 	$(VENV)/bin/ruff check .

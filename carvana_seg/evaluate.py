@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import cv2
 import hydra
 import numpy as np
 import torch
@@ -71,6 +72,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     module, run_config = load_module(cfg.ckpt_path, device)
     data_config, own_data = _data_config(run_config["data"], cfg.data)
     split = cfg.split if cfg.split != "auto" else ("val" if own_data else "all")
+    if cfg.upsample not in ("bilinear", "nearest"):
+        raise InputError(f"upsample must be bilinear or nearest, got {cfg.upsample!r}")
     if split not in ("val", "all"):
         raise InputError(f"split must be val, all or auto, got {cfg.split!r}")
 
@@ -120,7 +123,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             targets_small = torch.stack(batch["mask_small"]).to(device)[:, None].bool()
             scores_small = per_image_scores(logits > logit_threshold(threshold), targets_small)
             for full_size, positions in batches_by_size(batch["full_size"]):
-                big = to_full_size(logits[positions], full_size)
+                big = to_full_size(logits[positions], full_size, cfg.upsample)
                 target = torch.stack([batch["mask"][p] for p in positions]).to(device)[:, None].bool()
                 per_threshold = {t: per_image_scores(big > logit_threshold(t), target) for t in thresholds}
                 pred = big > logit_threshold(threshold)
@@ -174,6 +177,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "input_size": list(size),
         "threshold": threshold,
         "tta_hflip": bool(cfg.tta_hflip),
+        "upsample": cfg.upsample,
         "full_size": _summary(full),
         "train_size": _summary(small),
         "dice_by_threshold": {f"{t:g}": float(np.mean(v)) for t, v in by_threshold.items()},
@@ -198,8 +202,6 @@ def _render_worst(ranked: list[dict[str, Any]], output_dir: Path) -> None:
             title = f"#{rank}  {sample.name}  dice {entry['dice']:.4f}"
             panel = error_panel(photo, entry["pred"], entry["target"], title)
             path = folder / f"{rank:02d}_{sample.image.stem}.png"
-            import cv2
-
             cv2.imwrite(str(path), cv2.cvtColor(panel, cv2.COLOR_RGB2BGR))
             tensorboard.add_image(f"worst/{rank:02d}", panel, global_step=0, dataformats="HWC")
 
@@ -207,7 +209,9 @@ def _render_worst(ranked: list[dict[str, Any]], output_dir: Path) -> None:
 def _print_summary(summary: dict[str, Any], output_dir: Path) -> None:
     lines = [
         f"{summary['images']} images of {summary['data_root']} ({summary['split']}), "
-        f"threshold {summary['threshold']:g}" + (", flip TTA" if summary["tta_hflip"] else ""),
+        f"threshold {summary['threshold']:g}"
+        + (", flip TTA" if summary["tta_hflip"] else "")
+        + f", {summary['upsample']} up-sampling",
         f"{'':<22}{'dice':>9}{'mean-cls':>10}{'accuracy':>10}{'iou':>9}",
     ]
     for label, key in (("full size", "full_size"), (f"input {summary['input_size']}", "train_size")):

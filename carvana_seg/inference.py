@@ -74,12 +74,15 @@ def pick_device(device: str = "auto") -> torch.device:
 
 
 def autocast(device: torch.device, precision: str = "auto") -> contextlib.AbstractContextManager:
-    """Mixed precision for inference on CUDA (as in training), plain fp32 on the CPU."""
-    resolved = resolve_precision(precision, "cuda" if device.type == "cuda" else "cpu")
-    if device.type != "cuda" or str(resolved).startswith("32"):
+    """The autocast context of `precision` on `device`: "auto" is bf16/16 mixed on CUDA and fp32 on the
+    CPU, as in training; an explicit bf16-mixed autocasts on the CPU too (fast where it has AVX512-BF16)."""
+    resolved = str(resolve_precision(precision, "cuda" if device.type == "cuda" else "cpu"))
+    if resolved.startswith("32") or resolved.startswith("64"):
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if str(resolved).startswith("bf16") else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
+    dtype = torch.bfloat16 if resolved.startswith("bf16") else torch.float16
+    if device.type != "cuda" and dtype != torch.bfloat16:
+        raise ValueError(f"precision {precision} needs CUDA; on the CPU use 32-true or bf16-mixed")
+    return torch.autocast(device.type, dtype=dtype)
 
 
 @torch.no_grad()
@@ -94,11 +97,21 @@ def predict_logits(module: SegmentationModule, images: Tensor, tta_hflip: bool =
     return logits
 
 
-def to_full_size(logits: Tensor, size: Sequence[int]) -> Tensor:
-    """Bilinear resize of logits (B, 1, h, w) to (B, 1, H, W), pixel centres aligned like cv2/PIL."""
+def to_full_size(logits: Tensor, size: Sequence[int], mode: str = "bilinear") -> Tensor:
+    """Resize logits (B, 1, h, w) to (B, 1, H, W), pixel centres aligned like cv2/PIL.
+
+    `bilinear` interpolates the logits, so the threshold then draws a smooth edge at full size;
+    `nearest` repeats pixels, which is the same as upscaling the thresholded low-resolution mask (the
+    blocky edges of many public pipelines; kept to measure what it costs).
+    """
     if tuple(logits.shape[-2:]) == tuple(size):
         return logits
-    return F.interpolate(logits, size=tuple(int(s) for s in size), mode="bilinear", align_corners=False)
+    size = tuple(int(s) for s in size)
+    if mode == "nearest":
+        return F.interpolate(logits, size=size, mode="nearest-exact")
+    if mode != "bilinear":
+        raise ValueError(f"upsample must be bilinear or nearest, got {mode!r}")
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
 
 def logit_threshold(threshold: float) -> float:

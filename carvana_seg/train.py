@@ -69,6 +69,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     write_json(output_dir / "split.json", datamodule.split)
 
     run_config = OmegaConf.to_container(cfg, resolve=True)
+    # Absolute, so that evaluate/predict find the data from the checkpoint whatever folder they start in.
+    run_config["data"]["root"] = str(Path(cfg.data.root).expanduser().resolve())
     module = SegmentationModule(
         net=instantiate(cfg.model),
         loss=instantiate(cfg.loss),

@@ -68,6 +68,22 @@ def test_a_range_of_thresholds_and_flip_tta(trained, tmp_path):
     assert "dice@0.3" in header and "dice@0.7" in header
 
 
+def test_nearest_upsampling_scores_the_upscaled_binary_mask(trained, tmp_path):
+    ckpt, data = trained
+    summary = evaluate(eval_cfg(tmp_path, ckpt, "upsample=nearest", "worst_k=0"))
+    assert summary["upsample"] == "nearest"
+    module, _ = load_module(ckpt)
+    row = next(csv.DictReader((tmp_path / "eval" / "per_image.csv").open()))
+    photo = torch.from_numpy(read_image(data / "train" / row["img"], (32, 48)).transpose(2, 0, 1).copy())
+    small_mask = (predict_logits(module, photo[None]) > 0).float()
+    upscaled = torch.nn.functional.interpolate(small_mask, size=(64, 96), mode="nearest-exact").bool()
+    target = read_mask(data / "train_masks" / row["img"].replace(".jpg", "_mask.gif"))
+    expected = per_image_scores(upscaled, torch.from_numpy(target)[None, None].bool())["dice"].item()
+    assert float(row["dice"]) == pytest.approx(expected, abs=1e-6)
+    with pytest.raises(InputError, match="upsample"):
+        evaluate(eval_cfg(tmp_path, ckpt, "upsample=bicubic"))
+
+
 def test_worst_k_are_rendered_worst_first_and_logged_to_tensorboard(trained, tmp_path):
     ckpt, _ = trained
     summary = evaluate(eval_cfg(tmp_path, ckpt, "worst_k=3"))

@@ -82,6 +82,32 @@ def test_masks_from_csv_give_the_same_tensors_as_the_gifs(carvana_dir):
     assert all(np.array_equal(a, b) for a, b in zip(loaded["files"], loaded["csv"], strict=True))
 
 
+def test_auto_source_takes_the_csv_when_it_lists_every_photo_and_the_files_otherwise(carvana_dir, caplog):
+    def rle_used() -> bool:
+        datamodule = CarvanaDataModule(carvana_dir, image_size=(24, 36), num_workers=0)  # mask_source auto
+        datamodule.setup("fit")
+        return datamodule.train_set.rle_masks is not None
+
+    assert not rle_used()  # no CSV: the GIFs
+    write_masks_csv(carvana_dir)
+    assert rle_used()
+    lines = (carvana_dir / "train_masks.csv").read_text().splitlines()
+    (carvana_dir / "train_masks.csv").write_text("\n".join(lines[:-1]) + "\n")  # one photo missing
+    with caplog.at_level("INFO"):
+        assert not rle_used()
+    assert "lacks 1 photos" in caplog.text
+
+
+def test_csv_source_names_the_photos_the_csv_lacks(carvana_dir):
+    write_masks_csv(carvana_dir)
+    lines = (carvana_dir / "train_masks.csv").read_text().splitlines()
+    (carvana_dir / "train_masks.csv").write_text("\n".join(lines[:-1]) + "\n")
+    missing = lines[-1].split(",")[0]
+    datamodule = CarvanaDataModule(carvana_dir, num_workers=0, mask_source="csv")
+    with pytest.raises(ValueError, match=f"without a row in .*train_masks.csv.*{missing}"):
+        datamodule.setup("fit")
+
+
 def test_csv_source_without_the_csv_names_the_file(carvana_dir):
     datamodule = CarvanaDataModule(carvana_dir, num_workers=0, mask_source="csv")
     with pytest.raises(ValueError, match=r"train_masks\.csv"):

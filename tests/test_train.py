@@ -84,3 +84,18 @@ def test_precision_auto_is_fp32_on_cpu_and_passes_explicit_values():
     assert resolve_precision("bf16-mixed", "cpu") == "bf16-mixed"
     if not torch.cuda.is_available():
         assert resolve_precision("auto", "auto") == "32-true"
+
+
+@pytest.mark.parametrize("recipe", ["carvana_cpu", "carvana_gpu"])
+def test_real_data_recipes_validate_their_last_epoch(recipe):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[f"experiment={recipe}", "data.root=/data", "paths.output_dir=x"])
+    # Validation runs every n epochs only: the final weights are scored (and saved) only if n divides it.
+    assert cfg.trainer.max_epochs % cfg.trainer.check_val_every_n_epoch == 0
+    assert cfg.data.cache and cfg.callbacks.model_checkpoint.save_last
+
+
+def test_bf16_autocast_trains_on_the_cpu(make_cfg, tmp_path):
+    metrics = train(make_cfg("trainer.precision=bf16-mixed"))
+    assert metrics["precision"] == "bf16-mixed"
+    assert 0.0 <= metrics["val/dice"] <= 1.0 and metrics["train/loss"] == metrics["train/loss"]  # not NaN

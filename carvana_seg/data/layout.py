@@ -45,7 +45,7 @@ class Sample:
         return self.image.name
 
 
-def _listing(paths: Sequence[Path | str]) -> str:
+def listing(paths: Sequence[Path | str]) -> str:
     shown = "\n  ".join(str(p) for p in list(paths)[:_MAX_LISTED])
     more = f"\n  ... and {len(paths) - _MAX_LISTED} more" if len(paths) > _MAX_LISTED else ""
     return f"\n  {shown}{more}"
@@ -78,7 +78,7 @@ def _scan(folder: Path, pattern: re.Pattern[str]) -> tuple[dict[tuple[str, int],
             continue
         key = (match["car"], int(match["view"]))
         if key in found:
-            raise DataError(f"two files for car {key[0]} view {key[1]:02d}:{_listing([found[key], entry])}")
+            raise DataError(f"two files for car {key[0]} view {key[1]:02d}:{listing([found[key], entry])}")
         found[key] = entry
     return found, misnamed
 
@@ -100,15 +100,13 @@ def find_samples(root: str | Path, image_dir: str | None = None, labelled: bool 
         misnamed += misnamed_masks
         orphans = sorted(set(images) - set(masks))
         if orphans:
-            raise DataError(
-                f"images without a mask in {mask_folder}:{_listing([images[k] for k in orphans])}"
-            )
+            raise DataError(f"images without a mask in {mask_folder}:{listing([images[k] for k in orphans])}")
         strays = sorted(set(masks) - set(images))
         if strays:
-            raise DataError(f"masks without an image:{_listing([masks[k] for k in strays])}")
+            raise DataError(f"masks without an image:{listing([masks[k] for k in strays])}")
     if misnamed:
         log.warning(
-            "ignoring %d files whose names don't follow Kaggle's scheme:%s", len(misnamed), _listing(misnamed)
+            "ignoring %d files whose names don't follow Kaggle's scheme:%s", len(misnamed), listing(misnamed)
         )
     if not images:
         raise DataError(f"no images named <car_id>_<NN>.jpg in {image_folder(root, image_dir)}")
@@ -128,10 +126,10 @@ def check_pairs(samples: Sequence[Sample]) -> None:
         except DataError as err:
             unreadable.append(str(err))
     if unreadable:
-        raise DataError(f"{len(unreadable)} unreadable files:{_listing(unreadable)}")
+        raise DataError(f"{len(unreadable)} unreadable files:{listing(unreadable)}")
     if mismatched:
         raise DataError(
-            f"{len(mismatched)} masks whose size (H, W) differs from their image's:{_listing(mismatched)}"
+            f"{len(mismatched)} masks whose size (H, W) differs from their image's:{listing(mismatched)}"
         )
 
 

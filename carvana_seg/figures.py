@@ -1,0 +1,121 @@
+"""The study's figures, made from a finished sweep folder (what `make figures` and notebooks/02 use).
+
+    python -m carvana_seg.figures runs/study --out docs/images
+
+writes `study_curves.png` (validation dice per epoch: CNN vs U-Net, and the three losses) and
+`study_table.md` (the sweep's summary table) and, scoring the best U-Net of the study at full size with
+the evaluate command, `worst_errors.png` (its worst validation image: false positives and negatives).
+Curves come from the TensorBoard event files through tensorboard's own reader.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display needed, works in CI and over ssh
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from carvana_seg.report import Job, best_job, find_jobs, to_markdown
+
+
+def read_scalars(run_dir: str | Path, tag: str) -> tuple[list[int], list[float]]:
+    """(steps, values) of one scalar over all event files of a run's tensorboard folder."""
+    points: dict[int, float] = {}
+    for events in sorted(Path(run_dir).glob("tensorboard/**/events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        accumulator.Reload()
+        if tag in accumulator.Tags()["scalars"]:
+            points.update({event.step: event.value for event in accumulator.Scalars(tag)})
+    steps = sorted(points)
+    return steps, [points[step] for step in steps]
+
+
+def label(job: Job) -> str:
+    return " ".join(job.overrides.get(key, "?") for key in ("model", "loss"))
+
+
+def study_curves(sweep_dir: str | Path, tag: str = "val/dice") -> Figure:
+    """Two panels of `tag` against the training step: every job by model, then the U-Net's losses."""
+    sweep_dir = Path(sweep_dir)
+    jobs = [job for job in find_jobs(sweep_dir) if job.metrics is not None]
+    figure, (by_model, by_loss) = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    styles = {"cnn": ":", "unet": "-", "resnet_unet": "--"}
+    for job in jobs:
+        steps, values = read_scalars(sweep_dir / str(job.num), tag)
+        model = job.overrides.get("model", "?")
+        by_model.plot(steps, values, styles.get(model, "-."), marker=".", label=label(job))
+        if model == "unet":
+            by_loss.plot(steps, values, marker=".", label=job.overrides.get("loss", "?"))
+    by_model.set_title(f"{tag}: CNN (dotted) vs U-Net (solid)")
+    by_loss.set_title(f"{tag} of the U-Net by loss")
+    for axes in (by_model, by_loss):
+        axes.set_xlabel("training step")
+        axes.grid(alpha=0.3)
+        if axes.get_legend_handles_labels()[0]:
+            axes.legend(fontsize=8, loc="lower right")
+    by_model.set_ylabel(tag)
+    figure.tight_layout()
+    return figure
+
+
+def worst_errors(sweep_dir: str | Path, out: str | Path, model: str = "unet", worst_k: int = 4) -> Path:
+    """Score the best `model` job of the sweep at full size (the evaluate command, on its validation
+    cars) and copy the picture of its worst image to `out`; the evaluation lands in `<sweep>/eval`."""
+    from hydra import compose, initialize_config_dir
+
+    from carvana_seg.evaluate import evaluate
+    from carvana_seg.train import CONF_DIR
+
+    sweep_dir = Path(sweep_dir)
+    candidates = [job for job in find_jobs(sweep_dir) if job.overrides.get("model") == model]
+    job = best_job(candidates) or best_job(find_jobs(sweep_dir))
+    if job is None:
+        raise FileNotFoundError(f"no finished job in {sweep_dir}")
+    ckpt = sweep_dir / str(job.num) / "checkpoints" / "best.ckpt"
+    output_dir = sweep_dir / "eval" / str(job.num)
+    with initialize_config_dir(CONF_DIR, version_base="1.3"):
+        cfg = compose(
+            "evaluate",
+            [f"ckpt_path={ckpt.resolve()}", f"paths.output_dir={output_dir.resolve()}", f"worst_k={worst_k}"],
+        )
+    evaluate(cfg)
+    worst = sorted((output_dir / "worst").glob("01_*.png"))[0]
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(worst, out)
+    return Path(out)
+
+
+def make_all(sweep_dir: str | Path, out_dir: str | Path) -> list[Path]:
+    """Every figure of the study into `out_dir`; returns their paths."""
+    sweep_dir, out_dir = Path(sweep_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    jobs = find_jobs(sweep_dir)
+    if not any(job.metrics for job in jobs):
+        raise FileNotFoundError(f"{sweep_dir} holds no finished job (run `make study` first)")
+    curves = out_dir / "study_curves.png"
+    figure = study_curves(sweep_dir)
+    figure.savefig(curves, dpi=110)
+    plt.close(figure)
+    table = out_dir / "study_table.md"
+    table.write_text(to_markdown(jobs))
+    return [curves, table, worst_errors(sweep_dir, out_dir / "worst_errors.png")]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_dir", help="a finished study's sweep folder, e.g. runs/study")
+    parser.add_argument("--out", default="docs/images", help="folder for the figures")
+    args = parser.parse_args(argv)
+    for path in make_all(args.sweep_dir, args.out):
+        print(path)
+
+
+if __name__ == "__main__":
+    main()

@@ -104,7 +104,7 @@ def test_csv_source_names_the_photos_the_csv_lacks(carvana_dir):
     (carvana_dir / "train_masks.csv").write_text("\n".join(lines[:-1]) + "\n")
     missing = lines[-1].split(",")[0]
     datamodule = CarvanaDataModule(carvana_dir, num_workers=0, mask_source="csv")
-    with pytest.raises(ValueError, match=f"without a row in .*train_masks.csv.*{missing}"):
+    with pytest.raises(ValueError, match=f"(?s)without a row in .*train_masks.csv.*{missing}"):
         datamodule.setup("fit")
 
 

@@ -14,11 +14,18 @@ def resolve_precision(precision: str | int | None, accelerator: str = "auto") ->
     """`precision: auto` -> bf16 mixed on CUDA GPUs that have bf16, 16 mixed on older ones, 32 on CPU.
 
     CPU runs stay in fp32: bf16 autocast doubles a U-Net's training speed on CPUs with AVX512-BF16 or
-    AMX but slows it down on CPUs without, so CPU recipes opt in (`trainer.precision=bf16-mixed`).
-    Any value other than "auto" is passed to Lightning unchanged.
+    AMX but slows it down on CPUs without, so CPU recipes opt in.
+    `precision: fast` is the same on CUDA and picks bf16 mixed on CPUs where oneDNN has native bf16
+    kernels (AVX512 or AMX): a CPU recipe that is 2x faster there and not 10x slower elsewhere.
+    Any other value is passed to Lightning unchanged.
     """
-    if precision not in (None, "auto"):
+    if precision not in (None, "auto", "fast"):
         return precision
     if not uses_cuda(accelerator):
-        return "32-true"
+        return "bf16-mixed" if precision == "fast" and cpu_has_fast_bf16() else "32-true"
     return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU runs bf16 convolutions natively (else PyTorch emulates them, many times slower)."""
+    return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())

@@ -6,6 +6,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import MissingConfigException
+from hydra.utils import instantiate
 
 from carvana_seg.runtime import resolve_precision
 from carvana_seg.train import train
@@ -93,6 +94,18 @@ def test_real_data_recipes_validate_their_last_epoch(recipe):
     # Validation runs every n epochs only: the final weights are scored (and saved) only if n divides it.
     assert cfg.trainer.max_epochs % cfg.trainer.check_val_every_n_epoch == 0
     assert cfg.data.cache and cfg.callbacks.model_checkpoint.save_last
+
+
+@pytest.mark.parametrize("recipe", ["carvana_cpu", "carvana_cpu_augment"])
+@pytest.mark.parametrize("model", ["cnn", "unet", "resnet_unet"])
+def test_real_data_recipes_take_any_network(recipe, model):
+    overrides = [f"experiment={recipe}", f"model={model}", "data.root=/data", "paths.output_dir=x"]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    net = instantiate(cfg.model)
+    assert net(torch.zeros(1, 3, 64, 96)).shape == (1, 1, 64, 96)
+    for transform in cfg.data.augment:
+        instantiate(transform)
 
 
 def test_bf16_autocast_trains_on_the_cpu(make_cfg, tmp_path):

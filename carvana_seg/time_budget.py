@@ -108,9 +108,14 @@ class TimeBudget(pl.Callback):
                 "(and a time-based trainer.val_check_interval, e.g. '00:00:04:00', to validate less often)"
             )
         self.training_started = self.clock()
-        self.peak_lrs = [group["lr"] for group in trainer.optimizers[0].param_groups]
+        if not self.peak_lrs:  # a resumed run's optimiser holds a scheduled rate, its checkpoint the peak
+            self.peak_lrs = [group["lr"] for group in trainer.optimizers[0].param_groups]
+        self._set_lr(trainer)  # before the first epoch starts, so that the LR monitor logs the start value
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        self._set_lr(trainer)
+
+    def _set_lr(self, trainer: pl.Trainer) -> None:
         scale = one_cycle(self.progress(), self.warmup, self.div_factor, self.final_div_factor)
         for group, peak in zip(trainer.optimizers[0].param_groups, self.peak_lrs, strict=True):
             group["lr"] = peak * scale
@@ -129,7 +134,8 @@ class TimeBudget(pl.Callback):
 
     def state_dict(self) -> dict[str, Any]:
         spent = 0.0 if self.training_started is None else self.clock() - self.training_started
-        return {"spent": self.spent_before + spent}
+        return {"spent": self.spent_before + spent, "peak_lrs": list(self.peak_lrs)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.spent_before = float(state_dict["spent"])
+        self.peak_lrs = list(state_dict.get("peak_lrs", []))

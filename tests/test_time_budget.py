@@ -3,6 +3,7 @@
 import itertools
 
 import pytest
+import torch
 
 from carvana_seg.runtime import cpu_has_fast_bf16, resolve_precision
 from carvana_seg.time_budget import TimeBudget, one_cycle, parse_duration
@@ -46,7 +47,7 @@ def test_progress_counts_from_training_start_to_the_deadline_and_survives_a_resu
     clock.now += 40
     assert budget.progress() == pytest.approx(0.5)
     saved = budget.state_dict()
-    assert saved == {"spent": 40.0}
+    assert saved == {"spent": 40.0, "peak_lrs": []}
 
     clock.now = 5000.0
     resumed = TimeBudget(100, clock=clock)
@@ -71,7 +72,10 @@ def test_a_budgeted_run_stops_on_time_validates_and_saves_its_final_weights(make
     assert 1 <= metrics["epochs"] < 100000
     assert metrics["wall_time_s"] < 60
     assert 0.0 <= metrics["val/dice"] <= 1.0
-    assert (out / "checkpoints" / "last.ckpt").is_file()
+    checkpoint = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    (state,) = [v for k, v in checkpoint["callbacks"].items() if "TimeBudget" in k]
+    # What a resumed run needs: the time already spent and the peak rate (its optimiser holds a lower one).
+    assert 0 < state["spent"] < 60 and state["peak_lrs"] == [cfg.optimizer.lr]
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,37 @@
+"""The benchmark, shrunk: every section measures and prints one table (the figures come from real runs)."""
+
+from hydra import compose, initialize_config_dir
+
+from carvana_seg.bench import bench
+from tests.conftest import CONF_DIR
+
+
+def test_bench_prints_every_section_of_one_table(carvana_dir, tmp_path, capsys):
+    overrides = [
+        "data=carvana",
+        f"data.root={carvana_dir}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        f"output={tmp_path / 'bench' / 'table.md'}",
+        "device=cpu",
+        "repeats=1",
+        "loader.size=[32,48]",
+        "loader.count=4",
+        "loader.startup_files=64",
+        "train.sizes.cpu=[[32,48]]",
+        "train.steps=2",
+        "train.warmup_steps=1",
+        "models.unet.base_channels=4",
+        "models.unet.depth=2",
+        "predict.images=4",
+        "predict.batch_size=2",
+        "predict.num_workers=0",
+        "predict.input_size.cpu=[32,48]",
+    ]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        rows = bench(compose("bench", overrides=overrides))
+    assert {r["section"] for r in rows} == {"loader", "train", "predict"}
+    measured = [r for r in rows if not r["note"].startswith("skipped")]
+    assert all((r["images_per_s"] or r["seconds"] or 0) > 0 for r in measured)
+    assert any("Lightning vs plain" in r["what"] for r in rows)
+    table = (tmp_path / "bench" / "table.md").read_text()
+    assert table in capsys.readouterr().out and table.count("\n| ") == len(rows) + 1

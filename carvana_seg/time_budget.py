@@ -85,6 +85,7 @@ class TimeBudget(pl.Callback):
         self.spent_before = 0.0  # training seconds of the run this one resumes
         self.training_started: float | None = None
         self.validation_seconds = 0.0
+        self._validation_started = 0.0
         self.peak_lrs: list[float] = []
 
     def _deadline(self) -> float:

@@ -94,9 +94,10 @@ class SegmentationModule(pl.LightningModule):
 
     def _step(self, batch: dict[str, Tensor], scores: SegmentationScores) -> tuple[Tensor, Tensor]:
         logits = self(batch["image"])
-        target = batch["mask"].float()
+        # The loss learns the share of car per pixel when the data module gives it (soft masks).
+        target = batch["coverage"].float() / 255 if "coverage" in batch else batch["mask"].float()
         loss = self.loss(logits, target)
-        scores.update(self.predict_mask(logits.detach()), target)
+        scores.update(self.predict_mask(logits.detach()), batch["mask"])
         return loss, logits
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:

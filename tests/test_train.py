@@ -97,7 +97,7 @@ def test_real_data_recipes_validate_their_last_epoch(recipe):
 
 
 @pytest.mark.parametrize("recipe", ["carvana_cpu", "carvana_cpu_augment"])
-@pytest.mark.parametrize("model", ["cnn", "unet", "resnet_unet"])
+@pytest.mark.parametrize("model", ["cnn", "unet", "unet_transposed", "resnet_unet"])
 def test_real_data_recipes_take_any_network(recipe, model):
     overrides = [f"experiment={recipe}", f"model={model}", "data.root=/data", "paths.output_dir=x"]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

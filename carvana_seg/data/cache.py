@@ -1,8 +1,10 @@
 """Decode once, train many times: every photo and mask of a data set, resized to the training size,
 kept on disk as uint8 arrays that every epoch, run and sweep job at that size memory-maps.
 
-    <cache_dir>/decoded/<root name>-<hash of root>/<H>x<W>-<mask source>-<hash of the listing>/
+    <cache_dir>/decoded/<root name>-<hash of root>/<H>x<W>-<mask source>[-soft]-<hash of the listing>/
         images.npy (N, H, W, 3) uint8    masks.npy (N, H, W) uint8    names.json (row order)
+
+Masks are {0, 1}, or with `soft` the share of car in each pixel, 0..255 (a cache of its own).
 
 The listing hash covers every file's path, size and modification time, so a changed, added or removed
 file gives another folder: the cache is rebuilt, and the stale one removed. A lock file makes jobs
@@ -86,9 +88,10 @@ def open_or_build(
     rle_masks: Mapping[str, str] | None = None,
     masks_csv: Path | None = None,
     workers: int = 1,
+    soft: bool = False,
 ) -> DecodedCache:
     """The cache of these samples at `size`, built (in parallel, with a progress bar) if missing."""
-    source = "csv" if rle_masks is not None else "files"
+    source = ("csv" if rle_masks is not None else "files") + ("-soft" if soft else "")
     key = listing_key(sample_files(samples, masks_csv), root, size, source)
     parent = Path(cache_dir) / "decoded" / f"{root.name}-{hashlib.sha256(str(root).encode()).hexdigest()[:8]}"
     prefix = f"{size[0]}x{size[1]}-{source}-"
@@ -98,7 +101,7 @@ def open_or_build(
     parent.mkdir(parents=True, exist_ok=True)
     with file_lock(parent / ".lock"):
         if not (folder / "names.json").is_file():  # another job may have built it while we waited
-            _build(folder, samples, size, rle_masks, workers)
+            _build(folder, samples, size, rle_masks, workers, soft)
             for stale in parent.glob(f"{prefix}*"):
                 if stale != folder and stale.is_dir():
                     shutil.rmtree(stale, ignore_errors=True)
@@ -109,11 +112,14 @@ def open_or_build(
 _WORKER: dict = {}
 
 
-def _init_worker(folder: Path, samples: Sequence[Sample], size: tuple[int, int], rle_masks) -> None:
+def _init_worker(
+    folder: Path, samples: Sequence[Sample], size: tuple[int, int], rle_masks, soft: bool
+) -> None:
     _WORKER.update(
         samples=samples,
         size=size,
         rle_masks=rle_masks,
+        soft=soft,
         images=np.load(folder / "images.npy", mmap_mode="r+"),
         masks=np.load(folder / "masks.npy", mmap_mode="r+"),
     )
@@ -125,7 +131,7 @@ def _decode_rows(start: int, stop: int) -> list[str]:
     for row in range(start, stop):
         sample = _WORKER["samples"][row]
         try:
-            image, mask = load_sample(sample, _WORKER["size"], _WORKER["rle_masks"])
+            image, mask = load_sample(sample, _WORKER["size"], _WORKER["rle_masks"], _WORKER["soft"])
             if mask is None:
                 raise DataError(f"{sample.image} has no mask")
         except DataError as err:
@@ -144,6 +150,7 @@ def _build(
     size: tuple[int, int],
     rle_masks: Mapping[str, str] | None,
     workers: int,
+    soft: bool,
 ) -> None:
     building = folder.with_name(folder.name + ".building")
     shutil.rmtree(building, ignore_errors=True)
@@ -158,12 +165,12 @@ def _build(
     errors: list[str] = []
     progress = tqdm(total=count, desc="decode cache", unit="img", dynamic_ncols=True)
     if workers <= 1:
-        _init_worker(building, samples, size, rle_masks)
+        _init_worker(building, samples, size, rle_masks, soft)
         for start, stop in chunks:
             errors += _decode_rows(start, stop)
             progress.update(stop - start)
     else:
-        initargs = (building, list(samples), size, rle_masks)
+        initargs = (building, list(samples), size, rle_masks, soft)
         with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=initargs) as pool:
             futures = {pool.submit(_decode_rows, start, stop): stop - start for start, stop in chunks}
             for future in as_completed(futures):

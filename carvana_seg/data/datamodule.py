@@ -49,6 +49,10 @@ class CarvanaDataModule(pl.LightningDataModule):
             default) takes the CSV when it lists every photo (Kaggle ships both with the same masks, and
             a run-length mask decodes ~25x faster than its GIF) and the files otherwise. The mask files,
             when there are, are paired and checked against the photos either way.
+        soft_masks: train on the share of car in each pixel (the full-size mask area-averaged to
+            `image_size`) instead of a nearest-neighbour binary mask: batches then carry `coverage`
+            (uint8 0..255) beside `mask` (that share >= 1/2, for the metrics), and the module learns
+            where edges fall between pixels, which is what scoring at full size rewards.
         hflip_p: probability of a horizontal flip of a training sample.
         augment: extra albumentations transforms for training samples (after the flip).
         check_files: read every file header at setup, so bad files stop the run before training;
@@ -71,6 +75,7 @@ class CarvanaDataModule(pl.LightningDataModule):
         num_workers: int | Literal["auto"] = "auto",
         pin_memory: bool = True,
         persistent_workers: bool = True,
+        soft_masks: bool = False,
         hflip_p: float = 0.5,
         augment: Sequence[A.BasicTransform] = (),
         mask_source: Literal["auto", "files", "csv"] = "auto",
@@ -99,6 +104,7 @@ class CarvanaDataModule(pl.LightningDataModule):
         self.num_workers = default_num_workers() if num_workers == "auto" else int(num_workers)
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers
+        self.soft_masks = soft_masks
         self.hflip_p = hflip_p
         self.augment = list(augment)
         self.mask_source = mask_source
@@ -159,12 +165,20 @@ class CarvanaDataModule(pl.LightningDataModule):
             masks_csv = self.root / MASK_CSV if rle_masks is not None else None
             workers = max(1, default_num_workers() + 1)  # the main process only waits during the build
             cache = open_or_build(
-                self.cache_dir, self.root, samples, self.image_size, rle_masks, masks_csv, workers
+                self.cache_dir,
+                self.root,
+                samples,
+                self.image_size,
+                rle_masks,
+                masks_csv,
+                workers,
+                soft=self.soft_masks,
             )
         train, val = split_by_car(samples, self.val_fraction, self.split_seed)
         augmentation = train_augmentation(self.hflip_p, self.augment, seed=self.seed)
-        self.train_set = CarvanaDataset(train, self.image_size, augmentation, rle_masks, cache)
-        self.val_set = CarvanaDataset(val, self.image_size, None, rle_masks, cache)
+        soft = self.soft_masks
+        self.train_set = CarvanaDataset(train, self.image_size, augmentation, rle_masks, cache, soft)
+        self.val_set = CarvanaDataset(val, self.image_size, None, rle_masks, cache, soft)
         log.info(
             "data %s: %d train images (%d cars), %d val images (%d cars) at %dx%d%s",
             self.root,

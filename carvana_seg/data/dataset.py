@@ -1,7 +1,9 @@
 """A map-style dataset over Carvana samples: decode, resize, augment, hand back uint8 tensors.
 
 Images leave the dataset as uint8 (3, H, W) and masks as uint8 (1, H, W): a quarter of the bytes of
-float32 through the DataLoader's queues and the host-to-device copy. Normalisation happens on the
+float32 through the DataLoader's queues and the host-to-device copy. With soft masks, each item also
+carries `coverage`, uint8 (1, H, W): the share of car in each pixel (0..255), the training target;
+`mask` is then that share thresholded at one half, for the metrics. Normalisation happens on the
 device, inside the LightningModule, so a checkpoint carries the statistics it was trained with.
 """
 
@@ -16,7 +18,7 @@ import torch
 from torch.utils.data import Dataset, get_worker_info
 
 from carvana_seg.data import rle
-from carvana_seg.data.decode import image_size, read_image, read_mask, resize_mask
+from carvana_seg.data.decode import image_size, mask_coverage, read_image, read_mask, resize_mask
 from carvana_seg.data.errors import DataError
 from carvana_seg.data.layout import Sample
 
@@ -25,15 +27,22 @@ if TYPE_CHECKING:
 
 
 def load_sample(
-    sample: Sample, size: tuple[int, int], rle_masks: Mapping[str, str] | None = None
+    sample: Sample, size: tuple[int, int], rle_masks: Mapping[str, str] | None = None, soft: bool = False
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Decode one sample: the RGB photo and its {0, 1} mask (None if unlabelled), both at `size`."""
+    """Decode one sample: the RGB photo and its mask (None if unlabelled), both at `size`.
+
+    The mask is {0, 1}, resized nearest-neighbour; with `soft`, it is the share of car in each pixel,
+    0..255, area-averaged from the full-size mask (see `mask_coverage`).
+    """
     full_size = image_size(sample.image)
     image = read_image(sample.image, size)
     if rle_masks is not None:
-        return image, resize_mask(rle.decode(rle_masks[sample.name], full_size), size)
+        mask = rle.decode(rle_masks[sample.name], full_size)
+        return image, mask_coverage(mask, size) if soft else resize_mask(mask, size)
     if sample.mask is None:
         return image, None
+    if soft:
+        return image, mask_coverage(read_mask(sample.mask, expect_size=full_size), size)
     return image, read_mask(sample.mask, size, expect_size=full_size)
 
 
@@ -62,7 +71,9 @@ class CarvanaDataset(Dataset):
 
     Masks come from the samples' mask files, or from run-length strings keyed by image name
     (`rle_masks`, as read from train_masks.csv); both give identical tensors. With a `cache`, the
-    decoded arrays are read from it instead of from the files (augmentation still runs every time).
+    decoded arrays are read from it instead of from the files (augmentation still runs every time);
+    the cache must hold masks of the same kind (`soft` or not). With `soft`, items carry `coverage`
+    (the training target) beside the thresholded `mask`.
     """
 
     def __init__(
@@ -72,8 +83,10 @@ class CarvanaDataset(Dataset):
         transform: A.Compose | None = None,
         rle_masks: Mapping[str, str] | None = None,
         cache: DecodedCache | None = None,
+        soft: bool = False,
     ) -> None:
         self.samples = list(samples)
+        self.soft = soft
         self.cache = cache
         self.size = (int(size[0]), int(size[1]))
         self.transform = transform
@@ -87,11 +100,11 @@ class CarvanaDataset(Dataset):
         return len(self.samples)
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """The resized RGB photo and {0, 1} mask of sample `index`, before augmentation."""
+        """The resized RGB photo and mask (or coverage) of sample `index`, before augmentation."""
         sample = self.samples[index]
         if self.cache is not None:
             return self.cache.get(sample.name)
-        return load_sample(sample, self.size, self.rle_masks)
+        return load_sample(sample, self.size, self.rle_masks, self.soft)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
         image, mask = self.load(index)
@@ -102,6 +115,9 @@ class CarvanaDataset(Dataset):
             "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
             "index": index,
         }
+        if mask is not None and self.soft:
+            item["coverage"] = torch.from_numpy(np.ascontiguousarray(mask)[None])
+            mask = (mask >= 128).view(np.uint8)
         if mask is not None:
             item["mask"] = torch.from_numpy(np.ascontiguousarray(mask)[None])
         return item

@@ -94,6 +94,18 @@ def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(mask, (size[1], size[0]), interpolation=cv2.INTER_NEAREST_EXACT)
 
 
+def mask_coverage(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 (H, W) share of car in each pixel of a {0, 1} mask area-averaged to `size`, 0..255.
+
+    A soft target for training below full size: a network that learns the share of car per pixel puts
+    the 0.5 crossing of its bilinearly up-sampled logits where the edge really is, between pixels,
+    instead of where a nearest-neighbour mask's staircase put it.
+    """
+    if mask.shape[:2] == tuple(size):
+        return mask * np.uint8(255)
+    return cv2.resize(mask * np.uint8(255), (size[1], size[0]), interpolation=cv2.INTER_AREA)
+
+
 def encode_mask(mask: np.ndarray, file_format: str = "gif") -> bytes:
     """A {0, 1} mask as file bytes: a palette GIF with indices {0, 1} like Kaggle's, or a 0/255 PNG.
 

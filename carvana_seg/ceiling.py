@@ -1,0 +1,97 @@
+"""What a training size gives away at full size: the Kaggle dice of the best prediction a network at
+that size could make, brought to full size the way evaluate and predict do (bilinear on the logits,
+threshold at one half).
+
+Two best predictions per size: the nearest-neighbour binary mask (what a network trained on binary
+masks at best learns) and the area-averaged share of car per pixel (`data.soft_masks=true`).
+
+    python -m carvana_seg.ceiling data.root=/path/to/carvana 'sizes=[[160,240],[128,192]]'
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from carvana_seg.data import rle
+from carvana_seg.data.datamodule import CarvanaDataModule
+from carvana_seg.data.decode import image_size, mask_coverage, read_mask, resize_mask
+from carvana_seg.data.errors import DataError
+from carvana_seg.errors import InputError, exit_on_input_error
+from carvana_seg.inference import to_full_size
+from carvana_seg.metrics import per_image_scores
+
+log = logging.getLogger(__name__)
+
+
+def full_size_dice(probability: np.ndarray, mask: np.ndarray) -> float:
+    """Dice at the size of `mask` of a probability map at a smaller size (bilinear logits, then 0.5)."""
+    logits = torch.logit(torch.from_numpy(probability.astype(np.float32)), eps=1e-4)[None, None]
+    predicted = to_full_size(logits, mask.shape) > 0
+    return float(per_image_scores(predicted, torch.from_numpy(mask)[None, None])["dice"])
+
+
+def ceilings(mask: np.ndarray, size: Sequence[int]) -> dict[str, float]:
+    """Full-size dice of the best binary and the best soft prediction at `size` for one full mask."""
+    size = (int(size[0]), int(size[1]))
+    return {
+        "binary": full_size_dice(resize_mask(mask, size), mask),
+        "soft": full_size_dice(mask_coverage(mask, size) / 255.0, mask),
+    }
+
+
+def ceiling(cfg: DictConfig) -> tuple[dict[str, dict[str, float]], int]:
+    """Mean full-size dice of the best binary and soft predictions at each of `cfg.sizes` ("HxW"),
+    and the number of masks they were averaged over."""
+    sizes = [tuple(size) for size in cfg.sizes]
+    if not sizes or any(len(size) != 2 or min(size) < 1 for size in sizes):
+        raise InputError(f"sizes must be a list of [height, width], got {cfg.sizes}")
+    if cfg.every < 1:
+        raise InputError(f"every must be at least 1, got {cfg.every}")
+    data = CarvanaDataModule(cfg.data.root, mask_source=cfg.data.mask_source, check_files=False)
+    samples, rle_masks = data.labelled_samples()
+    samples = samples[:: cfg.every]
+    if not samples:
+        raise DataError(f"no labelled photos in {data.root}")
+    scores: dict[str, dict[str, list[float]]] = {f"{h}x{w}": {"binary": [], "soft": []} for h, w in sizes}
+    for sample in tqdm(samples, desc="masks", unit="mask"):
+        if rle_masks is not None:
+            mask = rle.decode(rle_masks[sample.name], image_size(sample.image))
+        else:
+            mask = read_mask(sample.mask)
+        for (h, w), row in zip(sizes, scores.values(), strict=True):
+            for kind, dice in ceilings(mask, (h, w)).items():
+                row[kind].append(dice)
+    means = {size: {kind: float(np.mean(v)) for kind, v in row.items()} for size, row in scores.items()}
+    return means, len(samples)
+
+
+def format_table(table: dict[str, dict[str, float]], masks: int) -> str:
+    lines = [
+        f"best possible full-size dice ({masks} masks)",
+        "| training size | binary (nearest) mask | soft (area) mask |",
+        "| --- | ---: | ---: |",
+    ]
+    lines += [f"| {size} | {row['binary']:.4f} | {row['soft']:.4f} |" for size, row in table.items()]
+    return "\n".join(lines)
+
+
+def run(cfg: DictConfig) -> dict[str, dict[str, float]]:
+    table, masks = ceiling(cfg)
+    print(format_table(table, masks))
+    return table
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="ceiling")
+def main(cfg: DictConfig) -> None:
+    exit_on_input_error(run, cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -16,17 +16,35 @@ def _fp32(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
 
 
 class BCELoss(nn.Module):
-    """Binary cross-entropy on logits (numerically stable log-sigmoid form), mean over pixels."""
+    """Binary cross-entropy on logits (numerically stable log-sigmoid form), mean over pixels.
 
-    def __init__(self, pos_weight: float | None = None) -> None:
+    Args:
+        pos_weight: weight of the car pixels' term (None: 1).
+        hard_fraction: average only the hardest share of each image's pixels (bootstrapped
+            cross-entropy, as in OHEM-style segmentation training): most pixels of a Carvana photo are
+            easy studio background, and the ones that are left wrong late in training (shadows under
+            the car, dark wheel arches) then carry the whole gradient. 1.0: every pixel.
+    """
+
+    def __init__(self, pos_weight: float | None = None, hard_fraction: float = 1.0) -> None:
         super().__init__()
+        if not 0.0 < hard_fraction <= 1.0:
+            raise ValueError(f"loss.hard_fraction must be in (0, 1], got {hard_fraction}")
         self.pos_weight = pos_weight
+        self.hard_fraction = hard_fraction
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         with torch.autocast(device_type=logits.device.type, enabled=False):
             logits, target = _fp32(logits, target)
             pos_weight = None if self.pos_weight is None else logits.new_tensor(self.pos_weight)
-            return F.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight)
+            if self.hard_fraction == 1.0:
+                return F.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight)
+            per_pixel = F.binary_cross_entropy_with_logits(
+                logits, target, pos_weight=pos_weight, reduction="none"
+            )
+            per_image = per_pixel.flatten(1)
+            k = max(1, round(self.hard_fraction * per_image.shape[1]))
+            return per_image.topk(k, dim=1, sorted=False).values.mean()
 
 
 class SoftDiceLoss(nn.Module):
@@ -53,15 +71,20 @@ class SoftDiceLoss(nn.Module):
 
 
 class BCEDiceLoss(nn.Module):
-    """bce_weight * BCE + dice_weight * soft dice loss."""
+    """bce_weight * BCE + dice_weight * soft dice loss; `hard_fraction` is BCELoss's."""
 
     def __init__(
-        self, bce_weight: float = 1.0, dice_weight: float = 1.0, smooth: float = 1.0, per_image: bool = True
+        self,
+        bce_weight: float = 1.0,
+        dice_weight: float = 1.0,
+        smooth: float = 1.0,
+        per_image: bool = True,
+        hard_fraction: float = 1.0,
     ) -> None:
         super().__init__()
         self.bce_weight = bce_weight
         self.dice_weight = dice_weight
-        self.bce = BCELoss()
+        self.bce = BCELoss(hard_fraction=hard_fraction)
         self.dice = SoftDiceLoss(smooth=smooth, per_image=per_image)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from carvana_seg.losses import BCEDiceLoss, BCELoss, SoftDiceLoss
 
@@ -14,6 +15,25 @@ def test_bce_matches_the_formula():
     sig = 1 / (1 + math.exp(-2.0)), 1 / (1 + math.exp(1.0))
     expected = -(math.log(sig[0]) + math.log(1 - sig[1])) / 2
     assert BCELoss()(logits, target).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_hard_fraction_averages_each_images_hardest_pixels_only():
+    # image 0: per-pixel losses of logits 4, 0, -4 against car are small, ln 2, large
+    logits = torch.tensor([[[[4.0, 0.0, -4.0, 4.0]]], [[[-4.0, -4.0, 4.0, 4.0]]]])
+    target = torch.tensor([[[[1.0, 1.0, 1.0, 1.0]]], [[[0.0, 0.0, 0.0, 0.0]]]])
+    per_pixel = F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(1)
+    hardest_half = per_pixel.sort(dim=1, descending=True).values[:, :2]
+    assert BCELoss(hard_fraction=0.5)(logits, target).item() == pytest.approx(hardest_half.mean().item())
+    assert BCELoss(hard_fraction=1.0)(logits, target).item() == pytest.approx(per_pixel.mean().item())
+    combined = BCEDiceLoss(hard_fraction=0.5)(logits, target)
+    expected = BCELoss(hard_fraction=0.5)(logits, target) + SoftDiceLoss()(logits, target)
+    assert combined.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("fraction", [0.0, -0.1, 1.5])
+def test_hard_fraction_outside_0_1_is_refused_naming_the_option(fraction):
+    with pytest.raises(ValueError, match=r"loss\.hard_fraction"):
+        BCELoss(hard_fraction=fraction)
 
 
 def test_soft_dice_matches_the_formula_per_image():

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from hydra.errors import MissingConfigException
+from hydra.errors import InstantiationException, MissingConfigException
 from hydra.utils import instantiate
 
 from carvana_seg.runtime import resolve_precision
@@ -29,6 +29,16 @@ def test_every_model_and_loss_trains_a_few_steps(make_cfg, tmp_path, model, loss
     ):
         assert 0.0 <= metrics[key] <= 1.0, key
     assert metrics["val/loss"] > 0
+
+
+def test_hard_pixel_bce_trains_and_a_bad_fraction_stops_before_training(make_cfg, tmp_path):
+    cfg = make_cfg("loss.hard_fraction=0.25", "callbacks.prediction_grid=null", output_dir=tmp_path / "a")
+    metrics = train(cfg)
+    assert metrics["steps"] == 2 and metrics["val/loss"] > 0
+    bad = tmp_path / "b"
+    with pytest.raises(InstantiationException, match=r"loss\.hard_fraction must be in \(0, 1\], got 0"):
+        train(make_cfg("loss.hard_fraction=0", output_dir=bad))
+    assert not (bad / "checkpoints").exists() and not (bad / "metrics.json").exists()
 
 
 def test_a_run_directory_holds_split_metrics_and_checkpoints(make_cfg, tmp_path):

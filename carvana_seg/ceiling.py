@@ -24,7 +24,7 @@ from carvana_seg.data.datamodule import CarvanaDataModule
 from carvana_seg.data.decode import image_size, mask_coverage, read_mask, resize_mask
 from carvana_seg.data.errors import DataError
 from carvana_seg.errors import InputError, exit_on_input_error
-from carvana_seg.inference import to_full_size
+from carvana_seg.logits import to_full_size
 from carvana_seg.metrics import per_image_scores
 
 log = logging.getLogger(__name__)

@@ -9,14 +9,12 @@ out smooth instead of as the staircase of an up-scaled binary mask.
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from hydra.utils import instantiate
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
@@ -95,27 +93,6 @@ def predict_logits(module: SegmentationModule, images: Tensor, tta_hflip: bool =
         probability = (torch.sigmoid(logits) + torch.sigmoid(mirrored)) / 2
         logits = torch.logit(probability, eps=1e-7)
     return logits
-
-
-def to_full_size(logits: Tensor, size: Sequence[int], mode: str = "bilinear") -> Tensor:
-    """Resize logits (B, 1, h, w) to (B, 1, H, W), pixel centres aligned like cv2/PIL.
-
-    `bilinear` interpolates the logits, so the threshold then draws a smooth edge at full size;
-    `nearest` repeats pixels, which is the same as upscaling the thresholded low-resolution mask (the
-    blocky edges of many public pipelines; kept to measure what it costs).
-    """
-    if tuple(logits.shape[-2:]) == tuple(size):
-        return logits
-    size = tuple(int(s) for s in size)
-    if mode == "nearest":
-        return F.interpolate(logits, size=size, mode="nearest-exact")
-    if mode != "bilinear":
-        raise ValueError(f"upsample must be bilinear or nearest, got {mode!r}")
-    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-
-
-def logit_threshold(threshold: float) -> float:
-    return math.log(threshold / (1 - threshold))
 
 
 class PhotoDataset(Dataset):

@@ -6,7 +6,6 @@ Hydra from their own config groups; this class adds normalisation, metrics and t
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -16,6 +15,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torchmetrics import MaxMetric, MeanMetric
 
+from carvana_seg.logits import logit_threshold, to_full_size
 from carvana_seg.metrics import SegmentationScores
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -66,8 +66,7 @@ class SegmentationModule(pl.LightningModule):
         self.run_config = run_config
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.net_forward: Callable[[Tensor], Tensor] = torch.compile(net) if compile else net
-        # Threshold on logits: p > t  <=>  logit > log(t / (1 - t)); no sigmoid needed for the metrics.
-        self.logit_threshold = math.log(threshold / (1 - threshold))
+        self.logit_threshold = logit_threshold(threshold)  # the metrics threshold logits, no sigmoid
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1) * 255, persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1) * 255, persistent=False)
         self.train_scores = SegmentationScores(prefix="train/")
@@ -96,6 +95,9 @@ class SegmentationModule(pl.LightningModule):
         logits = self(batch["image"])
         # The loss learns the share of car per pixel when the data module gives it (soft masks).
         target = batch["coverage"].float() / 255 if "coverage" in batch else batch["mask"].float()
+        # Masks finer than the photos (data.mask_scale): score the logits brought to the masks' size
+        # the way evaluation brings them to full size, so the loss rewards edges placed between pixels.
+        logits = to_full_size(logits, target.shape[-2:])
         loss = self.loss(logits, target)
         scores.update(self.predict_mask(logits.detach()), batch["mask"])
         return loss, logits

@@ -39,12 +39,11 @@ from carvana_seg.inference import (
     autocast,
     batches_by_size,
     load_module,
-    logit_threshold,
     photo_loader,
     pick_device,
     predict_logits,
-    to_full_size,
 )
+from carvana_seg.logits import logit_threshold, to_full_size
 
 log = logging.getLogger(__name__)
 

@@ -5,6 +5,7 @@ No real Carvana file is ever copied here (competition licence): fixtures are dra
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,7 +15,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from PIL import Image
 
-from carvana_seg.data.decode import encode_mask
+from carvana_seg.data import rle
+from carvana_seg.data.decode import encode_mask, read_mask
 from carvana_seg.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,8 +48,10 @@ def write_carvana(
     mask_format: str = "gif",
     mask_max: int = 1,
     seed: int = 0,
+    masks_csv: bool = False,
 ) -> Path:
-    """A folder in Kaggle's layout: train/<car>_<NN>.jpg and train_masks/<car>_<NN>_mask.<fmt>."""
+    """A folder in Kaggle's layout: train/<car>_<NN>.jpg and train_masks/<car>_<NN>_mask.<fmt>, and
+    with `masks_csv` the same masks run-length encoded in train_masks.csv."""
     rng = np.random.default_rng(seed)
     (root / "train").mkdir(parents=True, exist_ok=True)
     (root / "train_masks").mkdir(parents=True, exist_ok=True)
@@ -61,7 +65,18 @@ def write_carvana(
                 path.write_bytes(encode_mask(mask, "gif"))  # Kaggle's: palette indices {0, 1}
             else:
                 Image.fromarray(mask * mask_max).save(path)
+    if masks_csv:
+        write_masks_csv(root)
     return root
+
+
+def write_masks_csv(root: Path) -> None:
+    """train_masks.csv beside the GIF masks of `root`, in the competition's run-length format."""
+    with (root / "train_masks.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["img", "rle_mask"])
+        for gif in sorted((root / "train_masks").glob("*_mask.gif")):
+            writer.writerow([gif.name.replace("_mask.gif", ".jpg"), rle.encode(read_mask(gif))])
 
 
 @pytest.fixture

@@ -33,11 +33,7 @@ def all_items(module: CarvanaDataModule) -> list[dict]:
 
 @pytest.mark.parametrize("mask_source", ["files", "csv"])
 def test_cached_and_uncached_give_identical_tensors(tmp_path, mask_source):
-    root = write_carvana(tmp_path / "data", cars=3, views=4, size=(48, 72))
-    if mask_source == "csv":
-        from tests.test_rle import write_masks_csv
-
-        write_masks_csv(root)
+    root = write_carvana(tmp_path / "data", cars=3, views=4, size=(48, 72), masks_csv=mask_source == "csv")
     plain = all_items(datamodule(root, tmp_path / "cache", cache=False, mask_source=mask_source))
     cached_module = datamodule(root, tmp_path / "cache", cache=True, mask_source=mask_source)
     assert cached_module.train_set.cache is not None

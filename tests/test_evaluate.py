@@ -15,7 +15,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from carvana_seg.data.decode import read_image, read_mask
 from carvana_seg.errors import InputError
 from carvana_seg.evaluate import evaluate
-from carvana_seg.inference import load_module, predict_logits, to_full_size
+from carvana_seg.inference import load_module, predict_logits
+from carvana_seg.logits import to_full_size
 from carvana_seg.metrics import per_image_scores
 from carvana_seg.render import FALSE_NEGATIVE, FALSE_POSITIVE, error_panel, largest_error_box
 from tests.conftest import CONF_DIR, write_carvana

@@ -44,3 +44,13 @@ def test_unet_width_and_depth_come_from_the_arguments():
     assert sum(p.numel() for p in wide.parameters()) > sum(p.numel() for p in small.parameters())
     with pytest.raises(ValueError, match="depth"):
         UNet(depth=0)
+
+
+def test_out_bias_moves_every_logit_of_a_fresh_unet_by_that_much():
+    x = torch.randn(2, 3, 24, 40)
+    torch.manual_seed(0)
+    plain = UNet(base_channels=4, depth=2).eval()
+    torch.manual_seed(0)
+    prior = UNet(base_channels=4, depth=2, out_bias=-1.35).eval()
+    with torch.no_grad():
+        assert torch.allclose(prior(x), plain(x) - 1.35, atol=1e-5)

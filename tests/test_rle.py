@@ -1,14 +1,12 @@
 """The competition's run-length format: row-major, 1-based `start length` pairs, ascending."""
 
-import csv
-
 import numpy as np
 import pytest
 
 from carvana_seg.data import rle
 from carvana_seg.data.datamodule import CarvanaDataModule
 from carvana_seg.data.decode import read_mask
-from tests.conftest import SHARED_SAMPLE, requires_sample
+from tests.conftest import SHARED_SAMPLE, requires_sample, write_masks_csv
 
 
 def test_hand_example_is_row_major_and_one_based():
@@ -62,14 +60,6 @@ def test_full_size_round_trip():
     yy, xx = np.mgrid[:1280, :1918]
     mask = ((((yy - 700) / 300) ** 2 + ((xx - 960) / 700) ** 2) <= 1).astype(np.uint8)
     assert np.array_equal(rle.decode(rle.encode(mask), mask.shape), mask)
-
-
-def write_masks_csv(root):
-    with (root / "train_masks.csv").open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["img", "rle_mask"])
-        for gif in sorted((root / "train_masks").glob("*_mask.gif")):
-            writer.writerow([gif.name.replace("_mask.gif", ".jpg"), rle.encode(read_mask(gif))])
 
 
 def test_masks_from_csv_give_the_same_tensors_as_the_gifs(carvana_dir):

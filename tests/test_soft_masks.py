@@ -31,11 +31,7 @@ def items(root, tmp_path, **kwargs) -> list[dict]:
 
 @pytest.mark.parametrize("mask_source", ["files", "csv"])
 def test_soft_items_carry_coverage_and_its_half_threshold_as_mask(tmp_path, mask_source):
-    root = write_carvana(tmp_path / "data", cars=3, views=2, size=(48, 72))
-    if mask_source == "csv":
-        from tests.test_rle import write_masks_csv
-
-        write_masks_csv(root)
+    root = write_carvana(tmp_path / "data", cars=3, views=2, size=(48, 72), masks_csv=mask_source == "csv")
     plain = items(root, tmp_path, mask_source=mask_source)
     cached = items(root, tmp_path, mask_source=mask_source, cache=True)
     for a, b in zip(plain, cached, strict=True):
@@ -47,10 +43,7 @@ def test_soft_items_carry_coverage_and_its_half_threshold_as_mask(tmp_path, mask
 
 
 def test_files_and_csv_give_the_same_coverage(tmp_path):
-    from tests.test_rle import write_masks_csv
-
-    root = write_carvana(tmp_path / "data", cars=3, views=2, size=(48, 72))
-    write_masks_csv(root)
+    root = write_carvana(tmp_path / "data", cars=3, views=2, size=(48, 72), masks_csv=True)
     from_files = items(root, tmp_path, mask_source="files")
     from_csv = items(root, tmp_path, mask_source="csv")
     assert all(torch.equal(a["coverage"], b["coverage"]) for a, b in zip(from_files, from_csv, strict=True))

@@ -107,7 +107,7 @@ def test_real_data_recipes_validate_their_last_epoch(recipe):
 
 
 @pytest.mark.parametrize("recipe", ["carvana_cpu", "carvana_cpu_augment"])
-@pytest.mark.parametrize("model", ["cnn", "unet", "unet_transposed", "resnet_unet"])
+@pytest.mark.parametrize("model", ["cnn", "unet", "unet_transposed", "unet_cpu", "resnet_unet"])
 def test_real_data_recipes_take_any_network(recipe, model):
     overrides = [f"experiment={recipe}", f"model={model}", "data.root=/data", "paths.output_dir=x"]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -116,6 +116,7 @@ def test_real_data_recipes_take_any_network(recipe, model):
     assert net(torch.zeros(1, 3, 64, 96)).shape == (1, 1, 64, 96)
     for transform in cfg.data.augment:
         instantiate(transform)
+    instantiate(cfg.data)  # its options agree (finer masks only with transforms that keep them aligned)
 
 
 def test_bf16_autocast_trains_on_the_cpu(make_cfg, tmp_path):

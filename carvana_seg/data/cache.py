@@ -89,9 +89,14 @@ def open_or_build(
     masks_csv: Path | None = None,
     workers: int = 1,
     soft: bool = False,
+    mask_size: tuple[int, int] | None = None,
 ) -> DecodedCache:
-    """The cache of these samples at `size`, built (in parallel, with a progress bar) if missing."""
+    """The cache of these samples at `size` (masks at `mask_size`, default `size`), built (in parallel,
+    with a progress bar) if missing."""
+    mask_size = tuple(mask_size or size)
     source = ("csv" if rle_masks is not None else "files") + ("-soft" if soft else "")
+    if mask_size != tuple(size):
+        source += f"-masks{mask_size[0]}x{mask_size[1]}"
     key = listing_key(sample_files(samples, masks_csv), root, size, source)
     parent = Path(cache_dir) / "decoded" / f"{root.name}-{hashlib.sha256(str(root).encode()).hexdigest()[:8]}"
     prefix = f"{size[0]}x{size[1]}-{source}-"
@@ -101,7 +106,7 @@ def open_or_build(
     parent.mkdir(parents=True, exist_ok=True)
     with file_lock(parent / ".lock"):
         if not (folder / "names.json").is_file():  # another job may have built it while we waited
-            _build(folder, samples, size, rle_masks, workers, soft)
+            _build(folder, samples, size, rle_masks, workers, soft, mask_size)
             for stale in parent.glob(f"{prefix}*"):
                 if stale != folder and stale.is_dir():
                     shutil.rmtree(stale, ignore_errors=True)
@@ -113,11 +118,17 @@ _WORKER: dict = {}
 
 
 def _init_worker(
-    folder: Path, samples: Sequence[Sample], size: tuple[int, int], rle_masks, soft: bool
+    folder: Path,
+    samples: Sequence[Sample],
+    size: tuple[int, int],
+    rle_masks,
+    soft: bool,
+    mask_size: tuple[int, int],
 ) -> None:
     _WORKER.update(
         samples=samples,
         size=size,
+        mask_size=mask_size,
         rle_masks=rle_masks,
         soft=soft,
         images=np.load(folder / "images.npy", mmap_mode="r+"),
@@ -131,7 +142,9 @@ def _decode_rows(start: int, stop: int) -> list[str]:
     for row in range(start, stop):
         sample = _WORKER["samples"][row]
         try:
-            image, mask = load_sample(sample, _WORKER["size"], _WORKER["rle_masks"], _WORKER["soft"])
+            image, mask = load_sample(
+                sample, _WORKER["size"], _WORKER["rle_masks"], _WORKER["soft"], _WORKER["mask_size"]
+            )
             if mask is None:
                 raise DataError(f"{sample.image} has no mask")
         except DataError as err:
@@ -151,6 +164,7 @@ def _build(
     rle_masks: Mapping[str, str] | None,
     workers: int,
     soft: bool,
+    mask_size: tuple[int, int],
 ) -> None:
     building = folder.with_name(folder.name + ".building")
     shutil.rmtree(building, ignore_errors=True)
@@ -159,18 +173,19 @@ def _build(
     np.lib.format.open_memmap(
         building / "images.npy", mode="w+", dtype=np.uint8, shape=(count, height, width, 3)
     )
-    np.lib.format.open_memmap(building / "masks.npy", mode="w+", dtype=np.uint8, shape=(count, height, width))
+    masks_shape = (count, *mask_size)
+    np.lib.format.open_memmap(building / "masks.npy", mode="w+", dtype=np.uint8, shape=masks_shape)
     chunks = [(start, min(start + _CHUNK, count)) for start in range(0, count, _CHUNK)]
     log.info("building the decoded cache of %d images at %dx%d in %s", count, height, width, folder)
     errors: list[str] = []
     progress = tqdm(total=count, desc="decode cache", unit="img", dynamic_ncols=True)
     if workers <= 1:
-        _init_worker(building, samples, size, rle_masks, soft)
+        _init_worker(building, samples, size, rle_masks, soft, mask_size)
         for start, stop in chunks:
             errors += _decode_rows(start, stop)
             progress.update(stop - start)
     else:
-        initargs = (building, list(samples), size, rle_masks, soft)
+        initargs = (building, list(samples), size, rle_masks, soft, mask_size)
         with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=initargs) as pool:
             futures = {pool.submit(_decode_rows, start, stop): stop - start for start, stop in chunks}
             for future in as_completed(futures):

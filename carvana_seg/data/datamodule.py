@@ -53,6 +53,10 @@ class CarvanaDataModule(pl.LightningDataModule):
             `image_size`) instead of a nearest-neighbour binary mask: batches then carry `coverage`
             (uint8 0..255) beside `mask` (that share >= 1/2, for the metrics), and the module learns
             where edges fall between pixels, which is what scoring at full size rewards.
+        mask_scale: masks at this multiple of `image_size` (1: the same size). Above 1 the module
+            brings the logits to the masks' size bilinearly, as evaluation brings them to full size,
+            and the loss teaches edges between the network's pixels while the targets stay binary.
+            Only a flip and pixel-level transforms (`augment`) keep photo and finer mask aligned.
         hflip_p: probability of a horizontal flip of a training sample.
         augment: extra albumentations transforms for training samples (after the flip).
         check_files: read every file header at setup, so bad files stop the run before training;
@@ -76,6 +80,7 @@ class CarvanaDataModule(pl.LightningDataModule):
         pin_memory: bool = True,
         persistent_workers: bool = True,
         soft_masks: bool = False,
+        mask_scale: int = 1,
         hflip_p: float = 0.5,
         augment: Sequence[A.BasicTransform] = (),
         mask_source: Literal["auto", "files", "csv"] = "auto",
@@ -93,6 +98,14 @@ class CarvanaDataModule(pl.LightningDataModule):
             raise DataError(f"data.mask_source must be 'auto', 'files' or 'csv', got {mask_source!r}")
         if len(image_size) != 2 or min(image_size) < 1:
             raise DataError(f"data.image_size must be [height, width], got {list(image_size)}")
+        if isinstance(mask_scale, bool) or not isinstance(mask_scale, int) or mask_scale < 1:
+            raise DataError(f"data.mask_scale must be a whole number >= 1, got {mask_scale!r}")
+        moving = [type(t).__name__ for t in augment if not isinstance(t, A.ImageOnlyTransform)]
+        if mask_scale > 1 and moving:
+            raise DataError(
+                f"data.mask_scale={mask_scale} keeps masks finer than the photos, which only a flip and "
+                f"pixel-level transforms keep aligned; data.augment also has {', '.join(moving)}"
+            )
         if cache and cache_dir is None:
             raise DataError("data.cache=true needs data.cache_dir (a folder for the decoded arrays)")
         self.root = Path(root).expanduser().resolve()
@@ -105,6 +118,7 @@ class CarvanaDataModule(pl.LightningDataModule):
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers
         self.soft_masks = soft_masks
+        self.mask_size = (self.image_size[0] * mask_scale, self.image_size[1] * mask_scale)
         self.hflip_p = hflip_p
         self.augment = list(augment)
         self.mask_source = mask_source
@@ -173,20 +187,23 @@ class CarvanaDataModule(pl.LightningDataModule):
                 masks_csv,
                 workers,
                 soft=self.soft_masks,
+                mask_size=self.mask_size,
             )
         train, val = split_by_car(samples, self.val_fraction, self.split_seed)
-        augmentation = train_augmentation(self.hflip_p, self.augment, seed=self.seed)
-        soft = self.soft_masks
-        self.train_set = CarvanaDataset(train, self.image_size, augmentation, rle_masks, cache, soft)
-        self.val_set = CarvanaDataset(val, self.image_size, None, rle_masks, cache, soft)
+        same_size = self.mask_size == self.image_size
+        augmentation = train_augmentation(self.hflip_p, self.augment, seed=self.seed, same_size=same_size)
+        kinds = {"soft": self.soft_masks, "mask_size": self.mask_size}
+        self.train_set = CarvanaDataset(train, self.image_size, augmentation, rle_masks, cache, **kinds)
+        self.val_set = CarvanaDataset(val, self.image_size, None, rle_masks, cache, **kinds)
         log.info(
-            "data %s: %d train images (%d cars), %d val images (%d cars) at %dx%d%s",
+            "data %s: %d train images (%d cars), %d val images (%d cars) at %dx%d%s%s",
             self.root,
             len(train),
             len(self._cars(train)),
             len(val),
             len(self._cars(val)),
             *self.image_size,
+            "" if same_size else " (masks at {}x{})".format(*self.mask_size),
             ", decoded cache" if cache is not None else "",
         )
 

@@ -27,30 +27,40 @@ if TYPE_CHECKING:
 
 
 def load_sample(
-    sample: Sample, size: tuple[int, int], rle_masks: Mapping[str, str] | None = None, soft: bool = False
+    sample: Sample,
+    size: tuple[int, int],
+    rle_masks: Mapping[str, str] | None = None,
+    soft: bool = False,
+    mask_size: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Decode one sample: the RGB photo and its mask (None if unlabelled), both at `size`.
+    """Decode one sample: the RGB photo at `size` and its mask (None if unlabelled) at `mask_size`
+    (default: `size`; larger for training against finer masks than the photos).
 
     The mask is {0, 1}, resized nearest-neighbour; with `soft`, it is the share of car in each pixel,
     0..255, area-averaged from the full-size mask (see `mask_coverage`).
     """
+    mask_size = mask_size or size
     full_size = image_size(sample.image)
     image = read_image(sample.image, size)
     if rle_masks is not None:
         mask = rle.decode(rle_masks[sample.name], full_size)
-        return image, mask_coverage(mask, size) if soft else resize_mask(mask, size)
+        return image, mask_coverage(mask, mask_size) if soft else resize_mask(mask, mask_size)
     if sample.mask is None:
         return image, None
     if soft:
-        return image, mask_coverage(read_mask(sample.mask, expect_size=full_size), size)
-    return image, read_mask(sample.mask, size, expect_size=full_size)
+        return image, mask_coverage(read_mask(sample.mask, expect_size=full_size), mask_size)
+    return image, read_mask(sample.mask, mask_size, expect_size=full_size)
 
 
 def train_augmentation(
-    hflip_p: float, extra: Sequence[A.BasicTransform] = (), seed: int | None = None
+    hflip_p: float, extra: Sequence[A.BasicTransform] = (), seed: int | None = None, same_size: bool = True
 ) -> A.Compose:
-    """The training-time augmentation: a horizontal flip, then any extra albumentations transforms."""
-    return A.Compose([A.HorizontalFlip(p=hflip_p), *extra], seed=seed)
+    """The training-time augmentation: a horizontal flip, then any extra albumentations transforms.
+
+    `same_size=False` lets the mask be a multiple of the photo's size: a flip acts on each array
+    alone, so it stays exact (transforms with pixel geometry would not; the data module refuses them).
+    """
+    return A.Compose([A.HorizontalFlip(p=hflip_p), *extra], seed=seed, is_check_shapes=same_size)
 
 
 def seed_worker_augmentation(worker_id: int) -> None:
@@ -72,8 +82,9 @@ class CarvanaDataset(Dataset):
     Masks come from the samples' mask files, or from run-length strings keyed by image name
     (`rle_masks`, as read from train_masks.csv); both give identical tensors. With a `cache`, the
     decoded arrays are read from it instead of from the files (augmentation still runs every time);
-    the cache must hold masks of the same kind (`soft` or not). With `soft`, items carry `coverage`
-    (the training target) beside the thresholded `mask`.
+    the cache must hold masks of the same kind (`soft` or not) and size. With `soft`, items carry
+    `coverage` (the training target) beside the thresholded `mask`. Masks are at `mask_size`
+    (default: `size`).
     """
 
     def __init__(
@@ -84,11 +95,13 @@ class CarvanaDataset(Dataset):
         rle_masks: Mapping[str, str] | None = None,
         cache: DecodedCache | None = None,
         soft: bool = False,
+        mask_size: tuple[int, int] | None = None,
     ) -> None:
         self.samples = list(samples)
         self.soft = soft
         self.cache = cache
         self.size = (int(size[0]), int(size[1]))
+        self.mask_size = (int(mask_size[0]), int(mask_size[1])) if mask_size else self.size
         self.transform = transform
         self.rle_masks = rle_masks
         if rle_masks is not None:
@@ -104,7 +117,7 @@ class CarvanaDataset(Dataset):
         sample = self.samples[index]
         if self.cache is not None:
             return self.cache.get(sample.name)
-        return load_sample(sample, self.size, self.rle_masks, self.soft)
+        return load_sample(sample, self.size, self.rle_masks, self.soft, self.mask_size)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
         image, mask = self.load(index)

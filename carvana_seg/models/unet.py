@@ -78,6 +78,9 @@ class UNet(nn.Module):
         depth: number of down (and up) steps.
         batch_norm: batch norm after every convolution.
         bilinear: bilinear up-sampling (no parameters) instead of transposed convolutions.
+        out_bias: initial bias of the output logits. The logit of the expected foreground share
+            (prior initialisation, as in Lin et al.'s focal loss paper) starts every pixel at that
+            probability rather than at one half, so the first steps need not undo an all-car guess.
     """
 
     def __init__(
@@ -88,6 +91,7 @@ class UNet(nn.Module):
         depth: int = 4,
         batch_norm: bool = True,
         bilinear: bool = True,
+        out_bias: float = 0.0,
     ) -> None:
         super().__init__()
         if depth < 1:
@@ -99,6 +103,7 @@ class UNet(nn.Module):
             Up(widths[i + 1], widths[i], widths[i], bilinear, batch_norm) for i in reversed(range(depth))
         )
         self.outc = nn.Conv2d(widths[0], out_channels, kernel_size=1)
+        nn.init.constant_(self.outc.bias, out_bias)
 
     def forward(self, x: Tensor) -> Tensor:
         skips = [self.inc(x)]

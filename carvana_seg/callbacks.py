@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
 from torch import Tensor
@@ -47,8 +46,8 @@ class PredictionGrid(pl.Callback):
         with torch.no_grad():
             predicted = pl_module.predict_mask(to_full_size(pl_module(images), masks.shape[-2:]))
         pl_module.train(was_training)
-        if images.shape[-2:] != masks.shape[-2:]:  # masks finer than the photos (data.mask_scale)
-            images = F.interpolate(images.float(), size=masks.shape[-2:], mode="bilinear").to(torch.uint8)
+        # With masks finer than the photos (data.mask_scale) every tile is drawn at the masks' size.
+        images = to_full_size(images.float(), masks.shape[-2:]).to(torch.uint8)
         # One row per sample: the photo, the true mask, the predicted mask.
         tiles = torch.stack([images, mask_to_rgb(masks), mask_to_rgb(predicted)], dim=1).flatten(0, 1)
         grid = make_grid(tiles.cpu(), nrow=3, padding=2, pad_value=128)

@@ -34,20 +34,30 @@ train: $(STAMP) ## train the default U-Net (BCE+dice) on the built-in synthetic 
 test: $(STAMP) ## run the test suite (CPU-sized; GPU tests skip without CUDA)
 	$(PY) -m pytest $(ARGS)
 
+# The seed study's multirun; the sweep summary callback (conf/hydra/default.yaml) keeps summary.md and
+# summary.csv of its jobs in $(STUDY_DIR).
+RUN_STUDY = $(PY) -m carvana_seg.train -m experiment=study budget=short_cpu hydra.sweep.dir=$(STUDY_DIR) $(ARGS)
+
 study: $(STAMP) ## the seed study on the built-in data: CNN vs U-Net x BCE/dice/BCE+dice, one multirun into runs/study
-	$(PY) -m carvana_seg.train -m experiment=study_cpu hydra.sweep.dir=$(STUDY_DIR) $(ARGS)
+	$(RUN_STUDY)
 
-figures: $(STAMP) ## the study's figures and table into docs/images (after `make study`)
-	$(PY) -m carvana_seg.figures $(STUDY_DIR) --out docs/images
+# What figures and notebooks read: made by running the study when absent (a fresh clone). A failed or
+# interrupted study leaves no summary.md behind, so the next `make notebooks` runs it again.
+$(STUDY_DIR)/summary.md: | $(STAMP)
+	@rm -f $@
+	$(RUN_STUDY) || { rm -f $@; exit 1; }
 
-notebooks: $(STAMP) ## execute notebooks/ into runs/notebooks as ipynb with outputs and HTML; 02 reads runs/study
+figures: $(STAMP) $(STUDY_DIR)/summary.md ## the study's figures and table into docs/images (runs the study first if runs/study has none)
+	$(PY) -m carvana_seg.tools.figures $(STUDY_DIR) --out docs/images
+
+notebooks: $(STAMP) $(STUDY_DIR)/summary.md ## execute notebooks/ into runs/notebooks as ipynb with outputs and HTML (02 reads the study: run first if absent)
 	@mkdir -p $(NOTEBOOK_OUT)
 	$(PY) -m papermill --no-progress-bar notebooks/01_data_and_metric.ipynb $(NOTEBOOK_OUT)/01_data_and_metric.ipynb
 	$(PY) -m papermill --no-progress-bar notebooks/02_results.ipynb $(NOTEBOOK_OUT)/02_results.ipynb -p study_dir $(STUDY_DIR)
 	$(VENV)/bin/jupyter nbconvert --to html $(NOTEBOOK_OUT)/*.ipynb
 
 bench: $(STAMP) ## the speed table: loaders, training per model/size/precision, full-size prediction
-	$(PY) -m carvana_seg.bench $(ARGS)
+	$(PY) -m carvana_seg.tools.bench $(ARGS)
 
 lint: $(STAMP) ## ruff check and format check
 	$(VENV)/bin/ruff check .

@@ -20,41 +20,51 @@ import cv2
 import hydra
 import numpy as np
 import torch
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from carvana_seg.data.datamodule import default_num_workers
+from carvana_seg.config import CONF_DIR
+from carvana_seg.core.metrics import SCORES, per_image_scores
+from carvana_seg.core.module import SegmentationModule
+from carvana_seg.core.run_config import RunConfig
+from carvana_seg.core.upsample import logit_threshold, to_full_size
+from carvana_seg.data.datamodule import resolve_num_workers
 from carvana_seg.data.decode import read_image
-from carvana_seg.data.errors import DataError
-from carvana_seg.errors import InputError, exit_on_input_error
-from carvana_seg.inference import (
-    PhotoDataset,
-    autocast,
-    batches_by_size,
-    load_module,
-    photo_loader,
-    pick_device,
-    predict_logits,
-)
-from carvana_seg.logits import logit_threshold, to_full_size
-from carvana_seg.metrics import SCORES, per_image_scores
-from carvana_seg.render import error_panel
+from carvana_seg.data.labelled import labelled_samples
+from carvana_seg.data.sample import Sample
+from carvana_seg.errors import DataError, InputError, exit_on_input_error
+from carvana_seg.inference.error_panel import error_panel
+from carvana_seg.inference.forward import autocast, pick_device, predict_logits
+from carvana_seg.inference.photos import PhotoDataset, batches_by_size, photo_loader
 
 log = logging.getLogger(__name__)
 
 
-def _data_config(run_data: dict[str, Any], overrides: DictConfig) -> tuple[dict[str, Any], bool]:
-    """The run's data config with this evaluation's overrides; and whether it is still the run's data."""
-    data = dict(run_data)
-    own_data = overrides.get("root") in (None, data.get("root"))
-    if not own_data:
-        data["synthetic"] = None  # another folder: never generate data into it
-    for key in ("root", "image_dir", "mask_source", "image_size"):
-        if overrides.get(key) is not None:
-            data[key] = OmegaConf.to_object(overrides[key]) if key == "image_size" else overrides[key]
-    return data, own_data
+def _samples(cfg: DictConfig, run: RunConfig | None) -> tuple[list[Sample], dict[str, str] | None, str, str]:
+    """The labelled samples to score, their CSV masks (if used), the data folder and the split."""
+    data = cfg.data
+    if data.root is None and (run is None or run.data_root is None):
+        raise InputError(f"{cfg.ckpt_path} names no data folder: pass data.root=DIR (Kaggle's layout)")
+    root = Path(data.root or run.data_root).expanduser().resolve()
+    own_data = run is not None and run.data_root is not None and root == Path(run.data_root)
+    split = cfg.split if cfg.split != "auto" else ("val" if own_data else "all")
+    if split not in ("val", "all"):
+        raise InputError(f"split must be val, all or auto, got {cfg.split!r}")
+    if split == "val" and not own_data:
+        raise InputError(
+            f"split=val needs the run's own data ({run.data_root if run else 'unknown'}), not {root}"
+        )
+    samples, rle_masks = labelled_samples(
+        root,
+        data.image_dir or (run.image_dir if run else None),
+        data.mask_source or (run.mask_source if run else "auto"),
+        check_files=True,
+        cache_dir=Path(cfg.paths.cache_dir).expanduser().resolve(),
+    )
+    if split == "val":
+        samples = [s for s in samples if s.car_id in set(run.val_cars)]
+    return samples, rle_masks, str(root), split
 
 
 def _summary(values: dict[str, list[float]]) -> dict[str, float]:
@@ -68,35 +78,27 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     started = time.perf_counter()
     output_dir = Path(cfg.paths.output_dir)
     device = pick_device(cfg.device)
-    module, run_config = load_module(cfg.ckpt_path, device)
-    data_config, own_data = _data_config(run_config["data"], cfg.data)
-    split = cfg.split if cfg.split != "auto" else ("val" if own_data else "all")
     if cfg.upsample not in ("bilinear", "nearest"):
         raise InputError(f"upsample must be bilinear or nearest, got {cfg.upsample!r}")
-    if split not in ("val", "all"):
-        raise InputError(f"split must be val, all or auto, got {cfg.split!r}")
-
-    datamodule = instantiate(data_config)
-    datamodule.prepare_data()
-    if split == "val":
-        datamodule.setup("validate")
-        samples, rle_masks = datamodule.val_set.samples, datamodule.val_set.rle_masks
-    else:
-        samples, rle_masks = datamodule.labelled_samples()
-    size = tuple(data_config["image_size"])
+    module = SegmentationModule.load_from_checkpoint(cfg.ckpt_path).to(device)
+    run = module.run_config
+    samples, rle_masks, data_root, split = _samples(cfg, run)
+    if cfg.data.image_size is None and run is None:
+        raise InputError(f"{cfg.ckpt_path} does not say its input size: pass data.image_size=[H,W]")
+    size = tuple(cfg.data.image_size or run.image_size)
     threshold = cfg.threshold if cfg.threshold is not None else module.hparams.threshold
     thresholds = sorted({float(threshold), *(float(t) for t in cfg.thresholds)})
     if not all(0 < t < 1 for t in thresholds):
         raise InputError(f"thresholds must lie in (0, 1), got {thresholds}")
 
     dataset = PhotoDataset([s.image for s in samples], size, [s.mask for s in samples], rle_masks)
-    workers = default_num_workers() if cfg.data.num_workers == "auto" else int(cfg.data.num_workers)
+    workers = resolve_num_workers(cfg.data.num_workers)
     loader = photo_loader(dataset, cfg.data.batch_size, workers, pin_memory=device.type == "cuda")
     log.info(
         "evaluating %s on %d images of %s (%s), input %dx%d",
         cfg.ckpt_path,
         len(dataset),
-        data_config["root"],
+        data_root,
         split,
         *size,
     )
@@ -166,11 +168,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                         )
 
     if not full["dice"]:
-        raise DataError(f"no images to evaluate in {data_config['root']}")
+        raise DataError(f"no images to evaluate in {data_root}")
     ranked = [entry for _, _, entry in sorted(worst, key=lambda item: -item[0])]
     summary = {
         "ckpt_path": str(Path(cfg.ckpt_path).resolve()),
-        "data_root": str(data_config["root"]),
+        "data_root": data_root,
         "split": split,
         "images": len(full["dice"]),
         "input_size": list(size),
@@ -231,7 +233,7 @@ def _print_summary(summary: dict[str, Any], output_dir: Path) -> None:
     print("\n".join(lines))
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     exit_on_input_error(evaluate, cfg)
 

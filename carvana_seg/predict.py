@@ -11,12 +11,8 @@ concatenation of the parts, checked row by row against the expected list of imag
 
 from __future__ import annotations
 
-import csv
-import gzip
-import io
 import json
 import logging
-import os
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -29,45 +25,21 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
+from carvana_seg.config import CONF_DIR
+from carvana_seg.core.module import SegmentationModule
+from carvana_seg.core.upsample import logit_threshold, to_full_size
 from carvana_seg.data import rle
-from carvana_seg.data.datamodule import default_num_workers
+from carvana_seg.data.datamodule import resolve_num_workers
 from carvana_seg.data.decode import encode_mask, image_size
-from carvana_seg.data.errors import DataError
-from carvana_seg.errors import InputError, exit_on_input_error
-from carvana_seg.inference import (
-    PhotoDataset,
-    autocast,
-    batches_by_size,
-    load_module,
-    photo_loader,
-    pick_device,
-    predict_logits,
-)
-from carvana_seg.logits import logit_threshold, to_full_size
+from carvana_seg.errors import DataError, InputError, exit_on_input_error
+from carvana_seg.inference.forward import autocast, pick_device, predict_logits
+from carvana_seg.inference.photos import PhotoDataset, batches_by_size, photo_loader
+from carvana_seg.inference.submission import Output, atomic_write
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
-MANIFEST = "predict.json"
-PARTS = ".parts"
-SUBMISSION = "submission.csv.gz"
 UNREADABLE = "unreadable.txt"
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def _gzip_member(rows: list[tuple[str, str]], header: bool = False) -> bytes:
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
-    if header:
-        writer.writerow(["img", "rle_mask"])
-    writer.writerows(rows)
-    # mtime=0: the same rows always give the same bytes.
-    return gzip.compress(text.getvalue().encode(), compresslevel=6, mtime=0)
 
 
 def list_images(input_dir: Path, sample_submission: Path | None) -> list[Path]:
@@ -104,80 +76,12 @@ def check_headers(images: list[Path]) -> list[str]:
     return errors
 
 
-class Output:
-    """The output folder: its manifest, the committed parts, the mask files and the final submission."""
-
-    def __init__(self, folder: Path, manifest: dict[str, Any]) -> None:
-        self.folder = folder
-        self.parts = folder / PARTS
-        self.manifest = manifest
-
-    def claim(self) -> None:
-        """Start or continue: a folder of another run (or of other files) is refused before any work."""
-        path = self.folder / MANIFEST
-        if path.exists():
-            previous = json.loads(path.read_text())
-            different = sorted(
-                k for k in set(previous) | set(self.manifest) if previous.get(k) != self.manifest.get(k)
-            )
-            if different:
-                raise InputError(
-                    f"output {self.folder} holds the results of a different prediction run "
-                    f"(it differs in: {', '.join(different)}); choose another output folder or remove it"
-                )
-        elif self.folder.exists() and any(self.folder.iterdir()):
-            raise InputError(f"output {self.folder} is not empty and was not written by carvana_seg.predict")
-        self.parts.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path, (json.dumps(self.manifest, indent=2, sort_keys=True) + "\n").encode())
-
-    def committed(self) -> set[str]:
-        names: set[str] = set()
-        for part in sorted(self.parts.glob("part-*.csv.gz")):
-            with gzip.open(part, "rt", newline="") as handle:
-                names.update(row[0] for row in csv.reader(handle))
-        return names
-
-    def commit(self, rows: list[tuple[str, str]]) -> None:
-        number = len(list(self.parts.glob("part-*.csv.gz")))
-        _atomic_write(self.parts / f"part-{number:06d}.csv.gz", _gzip_member(rows))
-
-    def assemble(self, expected: list[str]) -> Path:
-        """Concatenate the parts behind a header into the submission, then check it row by row."""
-        final = self.folder / SUBMISSION
-        tmp = self.folder / f".{SUBMISSION}.tmp"
-        with tmp.open("wb") as out:
-            out.write(_gzip_member([], header=True))
-            for part in sorted(self.parts.glob("part-*.csv.gz")):
-                out.write(part.read_bytes())
-        verify_submission(tmp, expected)
-        os.replace(tmp, final)
-        return final
-
-
-def verify_submission(path: Path, expected: list[str]) -> None:
-    """One row per expected image, in order: no duplicates, no gaps, well-formed run-lengths."""
-    with gzip.open(path, "rt", newline="") as handle:
-        reader = csv.reader(handle)
-        if next(reader, None) != ["img", "rle_mask"]:
-            raise RuntimeError(f"{path}: the header is not img,rle_mask")
-        count = 0
-        for count, row in enumerate(reader, start=1):
-            if count > len(expected) or row[0] != expected[count - 1]:
-                want = expected[count - 1] if count <= len(expected) else "no more rows"
-                raise RuntimeError(f"{path}: row {count} is {row[0]}, expected {want}")
-            numbers = row[1].split()
-            if len(numbers) % 2:
-                raise RuntimeError(f"{path}: row {count} ({row[0]}) has an odd number of run-length values")
-    if count != len(expected):
-        raise RuntimeError(f"{path}: {count} rows for {len(expected)} images")
-
-
 def _finish(
     mask: np.ndarray, name: str, folder: Path | None, mask_format: str, encode: bool
 ) -> tuple[str, str]:
     """Off the main thread: write the mask file (atomically) and run-length encode the mask."""
     if folder is not None:
-        _atomic_write(folder / f"{Path(name).stem}_mask.{mask_format}", encode_mask(mask, mask_format))
+        atomic_write(folder / f"{Path(name).stem}_mask.{mask_format}", encode_mask(mask, mask_format))
     return name, rle.encode(mask) if encode else ""
 
 
@@ -194,7 +98,9 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(cfg.output).expanduser().resolve()
     sample = Path(cfg.sample_submission).expanduser().resolve() if cfg.sample_submission else None
     device = pick_device(cfg.device)
-    module, run_config = load_module(cfg.ckpt_path, device)
+    module = SegmentationModule.load_from_checkpoint(cfg.ckpt_path).to(device)
+    if cfg.data.image_size is None and module.run_config is None:
+        raise InputError(f"{cfg.ckpt_path} does not say its input size: pass data.image_size=[H,W]")
     images = list_images(input_dir, sample)
     unreadable = check_headers(images)
     if unreadable and cfg.on_error == "stop":
@@ -203,7 +109,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
             "(on_error=skip writes empty masks for them):\n  " + "\n  ".join(unreadable[:20])
         )
     threshold = cfg.threshold if cfg.threshold is not None else module.hparams.threshold
-    size = tuple(cfg.image_size or run_config["data"]["image_size"])
+    size = tuple(cfg.data.image_size or module.run_config.image_size)
     output = Output(
         output_dir,
         {
@@ -228,8 +134,10 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     log.info(
         "predicting %d photos of %s (%d already done) into %s", len(todo), input_dir, len(done), output_dir
     )
-    workers = default_num_workers() if cfg.num_workers == "auto" else int(cfg.num_workers)
-    loader = photo_loader(PhotoDataset(todo, size), cfg.batch_size, workers, pin_memory=device.type == "cuda")
+    workers = resolve_num_workers(cfg.data.num_workers)
+    loader = photo_loader(
+        PhotoDataset(todo, size), cfg.data.batch_size, workers, pin_memory=device.type == "cuda"
+    )
     cut = logit_threshold(threshold)
     skipped: list[str] = []
     rows: list[tuple[str, str]] = []
@@ -271,7 +179,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
                 pending.append(
                     pool.submit(_finish, masks[position], name, mask_folder, cfg.masks, cfg.submission)
                 )
-            drain(keep=2 * cfg.batch_size)  # bounded: memory does not grow with the number of photos
+            drain(keep=2 * cfg.data.batch_size)  # bounded: memory does not grow with the number of photos
         drain(keep=0)
         if rows:
             output.commit(rows)
@@ -298,7 +206,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     return result
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="predict")
 def main(cfg: DictConfig) -> None:
     exit_on_input_error(predict, cfg)
 

@@ -19,14 +19,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
-from carvana_seg import scaling
+from carvana_seg.config import CONF_DIR
+from carvana_seg.core import distributed
+from carvana_seg.core.module import SegmentationModule
+from carvana_seg.core.precision import resolve_precision, uses_cuda
+from carvana_seg.core.run_config import RunConfig
 from carvana_seg.errors import exit_on_input_error
-from carvana_seg.module import SegmentationModule
-from carvana_seg.runtime import resolve_precision, uses_cuda
 
 log = logging.getLogger(__name__)
-# Absolute, so that `main` finds the configs from any module it is imported into (see __main__ below).
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 
 @rank_zero_only
@@ -57,7 +57,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     started = time.perf_counter()
     output_dir = Path(cfg.paths.output_dir)
     pl.seed_everything(cfg.seed, workers=True)
-    scaling.share_machine(cfg.get("torch_threads"))  # sweep jobs side by side: each to its share
+    distributed.share_machine(cfg.get("torch_threads"))  # sweep jobs side by side: each to its share
     if uses_cuda(cfg.trainer.get("accelerator", "auto")):
         torch.backends.cudnn.benchmark = bool(cfg.get("cudnn_benchmark", True))
         torch.set_float32_matmul_precision("high")
@@ -68,16 +68,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule.setup("fit")
     write_json(output_dir / "split.json", datamodule.split)
 
-    run_config = OmegaConf.to_container(cfg, resolve=True)
-    # Absolute, so that evaluate/predict find the data from the checkpoint whatever folder they start in.
-    run_config["data"]["root"] = str(Path(cfg.data.root).expanduser().resolve())
+    # The network and loss go in as configs: they are the module's hyperparameters, so the checkpoint
+    # alone rebuilds them (SegmentationModule.load_from_checkpoint).
     module = SegmentationModule(
-        net=instantiate(cfg.model),
-        loss=instantiate(cfg.loss),
+        net=OmegaConf.to_container(cfg.model, resolve=True),
+        loss=OmegaConf.to_container(cfg.loss, resolve=True),
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
-        run_config=run_config,
-        **cfg.module,
+        run=RunConfig.of(datamodule).to_dict(),
+        **OmegaConf.to_container(cfg.module, resolve=True),
     )
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
@@ -85,10 +84,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer: pl.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, precision=precision
     )
-    scaling.check_launch(trainer, bool(cfg.trainer.get("sync_batchnorm")))
-    scaling.describe(trainer, cfg.data.batch_size)
+    distributed.check_launch(trainer, bool(cfg.trainer.get("sync_batchnorm")))
+    distributed.describe(trainer, cfg.data.batch_size)
     for logger in trainer.loggers:
-        logger.log_hyperparams(_flatten(run_config))
+        logger.log_hyperparams(_flatten(OmegaConf.to_container(cfg, resolve=True)))
 
     log.info(
         "training %s with %s, precision %s, into %s",

@@ -85,29 +85,14 @@ def carvana_dir(tmp_path: Path) -> Path:
     return write_carvana(tmp_path / "carvana")
 
 
-# Overrides that shrink the real config to a few seconds on a CPU.
-TINY = [
-    "data.image_size=[32,48]",
-    "data.batch_size=4",
-    "data.num_workers=0",
-    "trainer.accelerator=cpu",
-    "trainer.max_epochs=1",
-    "trainer.limit_train_batches=2",
-    "trainer.limit_val_batches=2",
-    "trainer.num_sanity_val_steps=0",
-    "trainer.log_every_n_steps=1",
-    "trainer.enable_model_summary=false",
-    "+trainer.enable_progress_bar=false",
-]
-
-
+# The real config shrunk to a few seconds on a CPU (conf/debug/tiny.yaml), and tiny networks.
 TINY_UNET = ["model.base_channels=4", "model.depth=2"]
 TINY_CNN = ["model.hidden_channels=4"]
 
 
 @pytest.fixture
 def make_cfg(tmp_path: Path, carvana_dir: Path) -> Callable[..., DictConfig]:
-    """Compose conf/train.yaml on the fixture folder with TINY overrides, plus the test's own."""
+    """Compose conf/train.yaml on the fixture folder with debug=tiny, a tiny network and the test's own."""
 
     def make(*overrides: str, output_dir: Path | None = None) -> DictConfig:
         tiny_model = TINY_CNN if "model=cnn" in overrides else TINY_UNET
@@ -119,7 +104,7 @@ def make_cfg(tmp_path: Path, carvana_dir: Path) -> Callable[..., DictConfig]:
                     f"data.root={carvana_dir}",
                     f"paths.output_dir={output_dir or tmp_path / 'run'}",
                     f"paths.cache_dir={tmp_path / 'cache'}",
-                    *TINY,
+                    "debug=tiny",
                     *tiny_model,
                     *overrides,
                 ],
@@ -146,7 +131,7 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
                 "data=carvana",
                 f"data.root={data}",
                 f"paths.output_dir={base / 'run'}",
-                *TINY,
+                "debug=tiny",
                 *TINY_UNET,
                 "trainer.max_epochs=3",
                 "callbacks.prediction_grid=null",

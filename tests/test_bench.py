@@ -2,7 +2,7 @@
 
 from hydra import compose, initialize_config_dir
 
-from carvana_seg.bench import bench
+from carvana_seg.tools.bench import bench
 from tests.conftest import CONF_DIR
 
 

@@ -11,7 +11,7 @@ import torch
 
 from carvana_seg.data.cache import DecodedCache
 from carvana_seg.data.datamodule import CarvanaDataModule
-from carvana_seg.data.errors import DataError
+from carvana_seg.errors import DataError
 from tests.conftest import car_id, write_carvana
 
 
@@ -88,7 +88,7 @@ def test_a_listing_checked_once_is_not_read_again(tmp_path, monkeypatch):
     root = write_carvana(tmp_path / "data", cars=3, views=2, size=(48, 72))
     datamodule(root, tmp_path / "cache", cache=False)
     calls = []
-    monkeypatch.setattr("carvana_seg.data.datamodule.check_pairs", lambda samples: calls.append(len(samples)))
+    monkeypatch.setattr("carvana_seg.data.labelled.check_pairs", lambda samples: calls.append(len(samples)))
     datamodule(root, tmp_path / "cache", cache=False)
     assert calls == []  # unchanged files: stat only
     (root / "train" / f"{car_id(0)}_01.jpg").touch()

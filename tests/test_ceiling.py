@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
-from carvana_seg.ceiling import ceilings, run
 from carvana_seg.errors import InputError
+from carvana_seg.tools.ceiling import ceilings, run
 from tests.conftest import CONF_DIR
 
 

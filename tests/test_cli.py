@@ -21,16 +21,8 @@ from tests.conftest import ROOT, car_id, write_carvana
 
 pytestmark = pytest.mark.slow
 
-SMALL = [
-    "data.image_size=[32,48]",
-    "data.batch_size=4",
-    "data.num_workers=0",
-    "trainer.max_epochs=2",
-    "trainer.limit_train_batches=2",
-    "trainer.limit_val_batches=2",
-    "trainer.log_every_n_steps=1",
-    "+trainer.enable_progress_bar=false",
-]
+# conf/debug/tiny.yaml over 2 epochs.
+SMALL = ["debug=tiny", "trainer.max_epochs=2"]
 
 
 def run_cli(*args: str, cwd: Path = ROOT, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -66,7 +58,7 @@ def finished_run(tmp_path_factory) -> Path:
 
 def test_a_cli_run_writes_config_metrics_and_tensorboard_events(finished_run):
     config = (finished_run / ".hydra" / "config.yaml").read_text()
-    assert "carvana_seg.data.datamodule.CarvanaDataModule" in config and "synthetic:" in config
+    assert "carvana_seg.synthetic.datamodule.SyntheticDataModule" in config and "synthetic:" in config
     metrics = json.loads((finished_run / "metrics.json").read_text())
     assert 0.0 <= metrics["val/dice"] <= 1.0
     events = EventAccumulator(str(finished_run / "tensorboard"), size_guidance={"images": 0})

@@ -13,9 +13,9 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from PIL import Image
 
+from carvana_seg.core.metrics import per_image_scores
+from carvana_seg.core.module import SegmentationModule
 from carvana_seg.data.decode import encode_mask
-from carvana_seg.inference import load_module
-from carvana_seg.metrics import per_image_scores
 from tests.conftest import write_carvana
 from tests.test_cli import run_cli
 
@@ -56,17 +56,13 @@ def ddp_run(tmp_path_factory) -> Path:
         "data=carvana",
         f"data.root={data}",
         "data.val_fraction=0.25",
-        "data.image_size=[32,48]",
-        "data.batch_size=4",
         "data.val_batch_size=2",
-        "data.num_workers=0",
         "model=unet",
         "model.base_channels=4",
         "model.depth=2",
-        "trainer.max_epochs=1",
-        "trainer.num_sanity_val_steps=0",
-        "trainer.log_every_n_steps=1",
-        "+trainer.enable_progress_bar=false",
+        "debug=tiny",
+        "trainer.limit_train_batches=1.0",  # every batch of both processes' shares
+        "trainer.limit_val_batches=1.0",
         "torch_threads=1",
         f"paths.cache_dir={base / 'cache'}",
         f"hydra.run.dir={run_dir}",
@@ -85,7 +81,7 @@ def one_process(ddp_run: Path) -> dict[str, np.ndarray]:
     datamodule.setup("fit")
     val_set = datamodule.val_set
     assert len(val_set) == 5
-    module, _ = load_module(ddp_run / "checkpoints" / "last.ckpt")
+    module = SegmentationModule.load_from_checkpoint(ddp_run / "checkpoints" / "last.ckpt")
     dice, losses = [], []
     with torch.no_grad():
         for i in range(len(val_set)):

@@ -1,4 +1,4 @@
-"""carvana_seg.data.download: the no-credentials error path, and downloads against a fake Kaggle API.
+"""carvana_seg.download: the no-credentials error path, and downloads against a fake Kaggle API.
 
 No network and no real Carvana files (their licence forbids redistribution): the fake API serves small zips
 of made-up cars, laid out as Kaggle's are (train.zip holds train/<car>_<NN>.jpg, and so on).
@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from carvana_seg.data import download as dl
-from carvana_seg.data.download import COMPETITION, INSTALL_HINT, RULES_URL, DownloadError, ExpectedCount
+from carvana_seg import download as dl
+from carvana_seg.download import COMPETITION, INSTALL_HINT, RULES_URL, DownloadError, ExpectedCount
 
 TRAIN_CARS = ("0cdf5b5d0ce1", "11acc40dc0ea")
 TEST_CARS = ("a1b2c3d4e5f6",)
@@ -195,10 +195,10 @@ def _run_cli(args: list[str], home: Path, prelude: str = "") -> subprocess.Compl
     env.pop("XDG_CONFIG_HOME", None)
     env["HOME"] = str(home)
     if prelude:
-        code = f"{prelude}\nfrom carvana_seg.data.download import main\nraise SystemExit(main({args!r}))"
+        code = f"{prelude}\nfrom carvana_seg.download import main\nraise SystemExit(main({args!r}))"
         command = [sys.executable, "-c", code]
     else:
-        command = [sys.executable, "-m", "carvana_seg.data.download", *args]
+        command = [sys.executable, "-m", "carvana_seg.download", *args]
     return subprocess.run(
         command, env=env, cwd=home, capture_output=True, text=True, timeout=120, check=False
     )

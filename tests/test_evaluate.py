@@ -12,13 +12,14 @@ import torch
 from hydra import compose, initialize_config_dir
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from carvana_seg.core.metrics import per_image_scores
+from carvana_seg.core.module import SegmentationModule
+from carvana_seg.core.upsample import to_full_size
 from carvana_seg.data.decode import read_image, read_mask
 from carvana_seg.errors import InputError
 from carvana_seg.evaluate import evaluate
-from carvana_seg.inference import load_module, predict_logits
-from carvana_seg.logits import to_full_size
-from carvana_seg.metrics import per_image_scores
-from carvana_seg.render import FALSE_NEGATIVE, FALSE_POSITIVE, error_panel, largest_error_box
+from carvana_seg.inference.error_panel import FALSE_NEGATIVE, FALSE_POSITIVE, error_panel, largest_error_box
+from carvana_seg.inference.forward import predict_logits
 from tests.conftest import CONF_DIR, write_carvana
 
 
@@ -43,7 +44,7 @@ def test_scores_are_computed_at_the_photos_full_size(trained, tmp_path):
     rows = list(csv.DictReader((tmp_path / "eval" / "per_image.csv").open()))
     assert len(rows) == 8
     # Recompute one image by hand: logits at 32x48 -> bilinear to 64x96 -> threshold -> dice.
-    module, _ = load_module(ckpt)
+    module = SegmentationModule.load_from_checkpoint(ckpt)
     row = rows[0]
     photo = torch.from_numpy(read_image(data / "train" / row["img"], (32, 48)).transpose(2, 0, 1).copy())[
         None
@@ -73,7 +74,7 @@ def test_nearest_upsampling_scores_the_upscaled_binary_mask(trained, tmp_path):
     ckpt, data = trained
     summary = evaluate(eval_cfg(tmp_path, ckpt, "upsample=nearest", "worst_k=0"))
     assert summary["upsample"] == "nearest"
-    module, _ = load_module(ckpt)
+    module = SegmentationModule.load_from_checkpoint(ckpt)
     row = next(csv.DictReader((tmp_path / "eval" / "per_image.csv").open()))
     photo = torch.from_numpy(read_image(data / "train" / row["img"], (32, 48)).transpose(2, 0, 1).copy())
     small_mask = (predict_logits(module, photo[None]) > 0).float()

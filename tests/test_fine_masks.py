@@ -11,12 +11,12 @@ from hydra.errors import InstantiationException
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
+from carvana_seg.core.module import SegmentationModule
+from carvana_seg.core.upsample import to_full_size
 from carvana_seg.data import rle
 from carvana_seg.data.datamodule import CarvanaDataModule
 from carvana_seg.data.decode import read_mask, resize_mask
-from carvana_seg.data.errors import DataError
-from carvana_seg.logits import to_full_size
-from carvana_seg.module import SegmentationModule
+from carvana_seg.errors import DataError
 from carvana_seg.train import train
 from tests.conftest import write_carvana
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from carvana_seg.losses import BCEDiceLoss
+from carvana_seg.core.losses import BCEDiceLoss
 from carvana_seg.models.unet import UNet
 from carvana_seg.train import train
 

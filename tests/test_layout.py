@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from carvana_seg.data.datamodule import CarvanaDataModule
-from carvana_seg.data.errors import DataError
 from carvana_seg.data.layout import check_pairs, find_samples, split_by_car
+from carvana_seg.errors import DataError
 from tests.conftest import SHARED_SAMPLE, car_id, requires_sample, write_carvana
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from carvana_seg.losses import BCEDiceLoss, BCELoss, SoftDiceLoss
+from carvana_seg.core.losses import BCEDiceLoss, BCELoss, SoftDiceLoss
 
 
 def test_bce_matches_the_formula():

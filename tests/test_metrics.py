@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from carvana_seg.metrics import SegmentationScores, confusion_counts, per_image_scores
+from carvana_seg.core.metrics import SegmentationScores, confusion_counts, per_image_scores
 
 
 def mask(values: list[int], shape: tuple[int, int] = (10, 10)) -> torch.Tensor:

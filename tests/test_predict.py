@@ -21,7 +21,8 @@ from PIL import Image
 from carvana_seg.data import rle
 from carvana_seg.data.decode import read_mask
 from carvana_seg.errors import InputError
-from carvana_seg.predict import predict, verify_submission
+from carvana_seg.inference.submission import verify_submission
+from carvana_seg.predict import predict
 from tests.conftest import CONF_DIR, ROOT, write_carvana
 
 
@@ -40,8 +41,8 @@ def predict_cfg(ckpt: Path, input_dir: Path, output: Path, *overrides: str):
                 f"ckpt_path={ckpt}",
                 f"input={input_dir}",
                 f"output={output}",
-                "num_workers=0",
-                "batch_size=3",
+                "data.num_workers=0",
+                "data.batch_size=3",
                 "chunk_size=4",
                 *overrides,
             ],
@@ -92,8 +93,8 @@ def test_a_killed_run_resumes_and_ends_with_one_row_per_image(trained, tmp_path)
         f"ckpt_path={ckpt}",
         f"input={test}",
         f"output={output}",
-        "num_workers=0",
-        "batch_size=4",
+        "data.num_workers=0",
+        "data.batch_size=4",
         "chunk_size=8",
         "device=cpu",
         f"hydra.run.dir={tmp_path / 'logs'}",

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
+from carvana_seg.core.module import SegmentationModule
 from carvana_seg.data.datamodule import CarvanaDataModule
 from carvana_seg.data.decode import mask_coverage
-from carvana_seg.module import SegmentationModule
 from carvana_seg.train import train
 from tests.conftest import write_carvana
 

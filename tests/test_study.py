@@ -12,9 +12,9 @@ import nbformat
 import pytest
 from hydra import compose, initialize_config_dir
 
-from carvana_seg import figures
-from carvana_seg.report import find_jobs
-from tests.conftest import CONF_DIR, ROOT, TINY, write_carvana
+from carvana_seg.tools import figures
+from carvana_seg.tools.sweep_summary import find_jobs
+from tests.conftest import CONF_DIR, ROOT, write_carvana
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
@@ -43,7 +43,8 @@ def test_study_recipes_sweep_models_and_losses_and_short_versions_keep_the_recip
     assert dict(losses.hydra.sweeper.params) == {"loss": "bce,dice,bce_dice"}
     assert losses.model._target_.endswith("UNet")
     for name in ("seed_cnn", "seed_unet", "loss_study", "study"):
-        full, short = compose_train(f"experiment={name}"), compose_train(f"experiment={name}_cpu")
+        full = compose_train(f"experiment={name}")
+        short = compose_train(f"experiment={name}", "budget=short_cpu")
         assert short.trainer.max_epochs < full.trainer.max_epochs
         assert short.data.image_size[0] < full.data.image_size[0]
         assert short.model == full.model and short.loss == full.loss
@@ -52,7 +53,7 @@ def test_study_recipes_sweep_models_and_losses_and_short_versions_keep_the_recip
 
 @pytest.fixture(scope="module")
 def study_dir(tmp_path_factory) -> Path:
-    """`make study`'s multirun (experiment=study_cpu: 2 models x 3 losses), shrunk to seconds per job."""
+    """`make study`'s multirun (experiment=study budget=short_cpu: 2 models x 3 losses), seconds per job."""
     base = tmp_path_factory.mktemp("study")
     data = write_carvana(base / "data", cars=4, views=4, size=(64, 96))
     sweep = base / "sweep"
@@ -61,13 +62,14 @@ def study_dir(tmp_path_factory) -> Path:
         "-m",
         "carvana_seg.train",
         "-m",
-        "experiment=study_cpu",
+        "experiment=study",
+        "budget=short_cpu",
         "data=carvana",
         f"data.root={data}",
         "data.val_fraction=0.5",
         f"paths.cache_dir={base / 'cache'}",
         f"hydra.sweep.dir={sweep}",
-        *TINY,
+        "debug=tiny",
         "trainer.max_epochs=2",
         "callbacks.prediction_grid=null",
     ]

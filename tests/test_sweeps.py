@@ -16,23 +16,11 @@ import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 
-from carvana_seg.report import find_jobs, write_summary
+from carvana_seg.tools.sweep_summary import find_jobs, write_summary
 from tests.conftest import CONF_DIR, ROOT, write_carvana
 from tests.test_cli import run_cli
 
-TINY_SWEEP = [
-    "data=carvana",
-    "data.image_size=[32,48]",
-    "data.batch_size=4",
-    "data.num_workers=0",
-    "trainer.max_epochs=1",
-    "trainer.limit_train_batches=2",
-    "trainer.limit_val_batches=2",
-    "trainer.num_sanity_val_steps=0",
-    "trainer.enable_model_summary=false",
-    "+trainer.enable_progress_bar=false",
-    "callbacks.prediction_grid=null",
-]
+TINY_SWEEP = ["data=carvana", "debug=tiny", "callbacks.prediction_grid=null"]
 
 
 def fake_job(sweep: Path, num: int, overrides: list[str], metrics: dict | None, status: dict | None = None):
@@ -102,7 +90,7 @@ def test_the_summary_of_a_sweep_lists_every_job_in_order_and_shows_failed_ones(t
     (sweep / "summary.md").unlink()
     (sweep / "summary.csv").unlink()
     result = subprocess.run(
-        [sys.executable, "-m", "carvana_seg.report", str(sweep)],
+        [sys.executable, "-m", "carvana_seg.tools.sweep_summary", str(sweep)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -113,7 +101,7 @@ def test_the_summary_of_a_sweep_lists_every_job_in_order_and_shows_failed_ones(t
     assert (sweep / "summary.csv").is_file()
 
     result = subprocess.run(
-        [sys.executable, "-m", "carvana_seg.report", str(tmp_path)],
+        [sys.executable, "-m", "carvana_seg.tools.sweep_summary", str(tmp_path)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -145,7 +133,7 @@ def test_the_search_the_launchers_and_the_ddp_trainers_compose():
     }
     assert cfg.optimized_metric == "val/dice_best"
     assert cfg.model._target_.endswith("UNet") and cfg.loss._target_.endswith("BCEDiceLoss")
-    assert cfg.hydra.callbacks.sweep_summary._target_ == "carvana_seg.report.SweepSummary"
+    assert cfg.hydra.callbacks.sweep_summary._target_ == "carvana_seg.tools.sweep_summary.SweepSummary"
 
     cfg = compose_with_hydra("hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
     assert cfg.hydra.launcher._target_.endswith("JoblibLauncher") and cfg.hydra.launcher.n_jobs == 2

@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from carvana_seg.data import rle, synthetic
-from carvana_seg.data.synthetic import (
+from carvana_seg.data import rle
+from carvana_seg.synthetic import generate as synthetic
+from carvana_seg.synthetic.camera import camera as _camera
+from carvana_seg.synthetic.generate import (
     SPEC_FILE,
     VIEWS,
     ensure_dataset,
@@ -23,7 +25,6 @@ from carvana_seg.data.synthetic import (
     render_view,
     write_dataset,
 )
-from carvana_seg.data.turntable import _camera
 
 SMALL = (96, 144)
 
@@ -196,7 +197,7 @@ def test_cli_module_runs(tmp_path):
     out = tmp_path / "module"
     args = ["--out", str(out), "--cars", "1", "--size", "48x72", "--test-cars", "1", "--workers", "2"]
     done = subprocess.run(
-        [sys.executable, "-m", "carvana_seg.data.synthetic", *args], capture_output=True, text=True
+        [sys.executable, "-m", "carvana_seg.synthetic.generate", *args], capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
     assert "wrote 1 train + 1 test cars" in done.stdout

@@ -5,11 +5,11 @@ import itertools
 import pytest
 import torch
 
-from carvana_seg.runtime import cpu_has_fast_bf16, resolve_precision
-from carvana_seg.time_budget import TimeBudget, one_cycle, parse_duration
+from carvana_seg.core.callbacks.time_budget import TimeBudget, one_cycle, parse_duration
+from carvana_seg.core.precision import cpu_has_fast_bf16, resolve_precision
 from carvana_seg.train import train
 
-BUDGET = ["+callbacks.time_budget._target_=carvana_seg.time_budget.TimeBudget"]
+BUDGET = ["+callbacks.time_budget._target_=carvana_seg.core.callbacks.time_budget.TimeBudget"]
 
 
 def test_durations_read_as_lightning_max_time_does():

@@ -8,7 +8,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import InstantiationException, MissingConfigException
 from hydra.utils import instantiate
 
-from carvana_seg.runtime import resolve_precision
+from carvana_seg.core.precision import resolve_precision
 from carvana_seg.train import train
 from tests.conftest import CONF_DIR
 
@@ -52,7 +52,7 @@ def test_a_run_directory_holds_split_metrics_and_checkpoints(make_cfg, tmp_path)
     assert split["train"] and split["val"] and not set(split["train"]) & set(split["val"])
     assert (out / "checkpoints" / "best.ckpt").is_file() and (out / "checkpoints" / "last.ckpt").is_file()
     checkpoint = torch.load(out / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
-    assert checkpoint["carvana_seg"]["config"]["model"]["_target_"] == "carvana_seg.models.unet.UNet"
+    assert checkpoint["hyper_parameters"]["net"]["_target_"] == "carvana_seg.models.unet.UNet"
 
 
 def test_ckpt_path_resumes_where_the_run_stopped(make_cfg, tmp_path):
@@ -114,7 +114,7 @@ def test_real_data_recipes_take_any_network(recipe, model):
         cfg = compose("train", overrides=overrides)
     net = instantiate(cfg.model)
     assert net(torch.zeros(1, 3, 64, 96)).shape == (1, 1, 64, 96)
-    for transform in cfg.data.augment:
+    for transform in cfg.data.augment.values():  # name -> transform (conf/augment/)
         instantiate(transform)
     instantiate(cfg.data)  # its options agree (finer masks only with transforms that keep them aligned)
 

@@ -26,10 +26,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from carvana_seg.data.dataset import load_sample
-from carvana_seg.data.errors import DataError
-from carvana_seg.data.layout import Sample
-from carvana_seg.filelock import file_lock
+from carvana_seg.data.lock import file_lock
+from carvana_seg.data.sample import Sample, load_sample
+from carvana_seg.errors import DataError
 
 log = logging.getLogger(__name__)
 

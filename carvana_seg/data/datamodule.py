@@ -13,20 +13,13 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from carvana_seg.data import rle
-from carvana_seg.data.cache import listing_key, open_or_build, sample_files
+from carvana_seg.core.distributed import unrepeated
+from carvana_seg.data.cache import open_or_build
 from carvana_seg.data.dataset import CarvanaDataset, seed_worker_augmentation, train_augmentation
-from carvana_seg.data.errors import DataError
-from carvana_seg.data.layout import (
-    MASK_CSV,
-    MASK_DIR,
-    Sample,
-    check_pairs,
-    find_samples,
-    listing,
-    split_by_car,
-)
-from carvana_seg.scaling import unrepeated
+from carvana_seg.data.labelled import MASK_SOURCES, MaskSource, labelled_samples
+from carvana_seg.data.layout import MASK_CSV, split_by_car
+from carvana_seg.data.sample import Sample
+from carvana_seg.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +28,19 @@ def default_num_workers() -> int:
     """One loader process per spare core, at most 8: the training process keeps a core for itself."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(0, min(8, cores - 1))
+
+
+def resolve_num_workers(num_workers: int | str) -> int:
+    """A `num_workers` option (train, evaluate and predict alike): "auto" or a count."""
+    if num_workers == "auto":
+        return default_num_workers()
+    try:
+        count = int(num_workers)
+    except (TypeError, ValueError):
+        count = -1
+    if count < 0 or isinstance(num_workers, bool):
+        raise DataError(f"data.num_workers must be 'auto' or a count >= 0, got {num_workers!r}")
+    return count
 
 
 class CarvanaDataModule(pl.LightningDataModule):
@@ -64,8 +70,6 @@ class CarvanaDataModule(pl.LightningDataModule):
         cache: decode and resize every sample once into uint8 memory-mapped arrays in `cache_dir`,
             reused by later epochs, runs and sweep jobs, rebuilt when a file changes.
         cache_dir: where the decoded cache and the record of checked listings live.
-        synthetic: when given (cars, size, seed, test_cars), `root` is the built-in synthetic set,
-            generated there on first use and reused afterwards.
     """
 
     def __init__(
@@ -82,24 +86,27 @@ class CarvanaDataModule(pl.LightningDataModule):
         soft_masks: bool = False,
         mask_scale: int = 1,
         hflip_p: float = 0.5,
-        augment: Sequence[A.BasicTransform] = (),
-        mask_source: Literal["auto", "files", "csv"] = "auto",
+        augment: Sequence[A.BasicTransform] | Mapping[str, A.BasicTransform | None] = (),
+        mask_source: MaskSource = "auto",
         image_dir: str | None = None,
         check_files: bool = True,
         cache: bool = False,
         cache_dir: str | Path | None = None,
-        synthetic: Mapping[str, Any] | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__()
         if root is None or str(root).strip() in ("", "???"):
             raise DataError("data.root is not set: pass data.root=/path/to/carvana (Kaggle's layout)")
-        if mask_source not in ("auto", "files", "csv"):
+        if mask_source not in MASK_SOURCES:
             raise DataError(f"data.mask_source must be 'auto', 'files' or 'csv', got {mask_source!r}")
         if len(image_size) != 2 or min(image_size) < 1:
             raise DataError(f"data.image_size must be [height, width], got {list(image_size)}")
         if isinstance(mask_scale, bool) or not isinstance(mask_scale, int) or mask_scale < 1:
             raise DataError(f"data.mask_scale must be a whole number >= 1, got {mask_scale!r}")
+        # A mapping (the config's named transforms: one can be dropped with null) keeps its order.
+        augment = [
+            t for t in (augment.values() if isinstance(augment, Mapping) else augment) if t is not None
+        ]
         moving = [type(t).__name__ for t in augment if not isinstance(t, A.ImageOnlyTransform)]
         if mask_scale > 1 and moving:
             raise DataError(
@@ -114,7 +121,7 @@ class CarvanaDataModule(pl.LightningDataModule):
         self.split_seed = split_seed
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size or batch_size
-        self.num_workers = default_num_workers() if num_workers == "auto" else int(num_workers)
+        self.num_workers = resolve_num_workers(num_workers)
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers
         self.soft_masks = soft_masks
@@ -126,48 +133,13 @@ class CarvanaDataModule(pl.LightningDataModule):
         self.check_files = check_files
         self.cache = cache
         self.cache_dir = Path(cache_dir).expanduser().resolve() if cache_dir is not None else None
-        self.synthetic = dict(synthetic) if synthetic is not None else None
         self.seed = seed
         self.train_set: CarvanaDataset | None = None
         self.val_set: CarvanaDataset | None = None
 
-    def prepare_data(self) -> None:
-        """Generate the built-in synthetic set on first use (Lightning runs this once per node)."""
-        if self.synthetic is not None:
-            from carvana_seg.data.synthetic import ensure_dataset
-
-            ensure_dataset(self.root, **self.synthetic)
-
     def labelled_samples(self) -> tuple[list[Sample], dict[str, str] | None]:
         """Every labelled sample of `root` (checked when `check_files`), with the CSV masks if used."""
-        auto = self.mask_source == "auto"
-        has_files = (self.root / MASK_DIR).is_dir()
-        samples = find_samples(
-            self.root, self.image_dir, labelled=self.mask_source == "files" or (auto and has_files)
-        )
-        use_csv = self.mask_source == "csv" or (auto and (self.root / MASK_CSV).is_file())
-        rle_masks = self._read_rle_masks() if use_csv else None
-        if rle_masks is not None:
-            missing = [s.image for s in samples if s.name not in rle_masks]
-            if missing and auto and has_files:
-                log.info("%s lacks %d photos: reading the mask files", self.root / MASK_CSV, len(missing))
-                rle_masks = None
-            elif missing:
-                raise DataError(f"photos without a row in {self.root / MASK_CSV}:{listing(missing)}")
-        if self.check_files:
-            self._check_once(samples)
-        return samples, rle_masks
-
-    def _check_once(self, samples: Sequence[Sample]) -> None:
-        """Read every header, unless this exact listing (names, sizes, times) passed before."""
-        if self.cache_dir is None:
-            check_pairs(samples)
-            return
-        record = self.cache_dir / "checked" / listing_key(sample_files(samples), self.root)
-        if not record.exists():
-            check_pairs(samples)
-            record.parent.mkdir(parents=True, exist_ok=True)
-            record.touch()
+        return labelled_samples(self.root, self.image_dir, self.mask_source, self.check_files, self.cache_dir)
 
     def setup(self, stage: str | None = None) -> None:
         """Find, check and split the samples; idempotent, so train() can call it before fit."""
@@ -207,15 +179,6 @@ class CarvanaDataModule(pl.LightningDataModule):
             ", decoded cache" if cache is not None else "",
         )
 
-    def _read_rle_masks(self) -> dict[str, str]:
-        path = self.root / MASK_CSV
-        if not path.is_file():
-            raise DataError(f"data.mask_source=csv but {path} does not exist")
-        try:
-            return rle.read_csv(path)
-        except ValueError as err:
-            raise DataError(str(err)) from err
-
     @staticmethod
     def _cars(samples: Sequence[Sample]) -> list[str]:
         return sorted({s.car_id for s in samples})
@@ -251,5 +214,5 @@ class CarvanaDataModule(pl.LightningDataModule):
         return self._loader(self.train_set, self.batch_size, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        # Under DDP every validation image is scored once, by one process (see carvana_seg.scaling).
+        # Under DDP every validation image is scored once, by one process (see carvana_seg.core.distributed).
         return unrepeated(self._loader(self.val_set, self.val_batch_size, shuffle=False))

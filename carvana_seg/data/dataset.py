@@ -10,46 +10,15 @@ device, inside the LightningModule, so a checkpoint carries the statistics it wa
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
 
 import albumentations as A
 import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from carvana_seg.data import rle
-from carvana_seg.data.decode import image_size, mask_coverage, read_image, read_mask, resize_mask
-from carvana_seg.data.errors import DataError
-from carvana_seg.data.layout import Sample
-
-if TYPE_CHECKING:
-    from carvana_seg.data.cache import DecodedCache
-
-
-def load_sample(
-    sample: Sample,
-    size: tuple[int, int],
-    rle_masks: Mapping[str, str] | None = None,
-    soft: bool = False,
-    mask_size: tuple[int, int] | None = None,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Decode one sample: the RGB photo at `size` and its mask (None if unlabelled) at `mask_size`
-    (default: `size`; larger for training against finer masks than the photos).
-
-    The mask is {0, 1}, resized nearest-neighbour; with `soft`, it is the share of car in each pixel,
-    0..255, area-averaged from the full-size mask (see `mask_coverage`).
-    """
-    mask_size = mask_size or size
-    full_size = image_size(sample.image)
-    image = read_image(sample.image, size)
-    if rle_masks is not None:
-        mask = rle.decode(rle_masks[sample.name], full_size)
-        return image, mask_coverage(mask, mask_size) if soft else resize_mask(mask, mask_size)
-    if sample.mask is None:
-        return image, None
-    if soft:
-        return image, mask_coverage(read_mask(sample.mask, expect_size=full_size), mask_size)
-    return image, read_mask(sample.mask, mask_size, expect_size=full_size)
+from carvana_seg.data.cache import DecodedCache
+from carvana_seg.data.sample import Sample, load_sample
+from carvana_seg.errors import DataError
 
 
 def train_augmentation(

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from carvana_seg.data.errors import DataError
+from carvana_seg.errors import DataError
 
 _REDUCED_FLAGS = (
     (8, cv2.IMREAD_REDUCED_COLOR_8),

@@ -12,13 +12,13 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from carvana_seg.data.decode import image_size
-from carvana_seg.data.errors import DataError
+from carvana_seg.data.sample import Sample
+from carvana_seg.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -28,21 +28,6 @@ MASK_CSV = "train_masks.csv"
 _IMAGE_NAME = re.compile(r"^(?P<car>[0-9A-Za-z]+)_(?P<view>\d{2})\.(?:jpe?g|png)$", re.IGNORECASE)
 _MASK_NAME = re.compile(r"^(?P<car>[0-9A-Za-z]+)_(?P<view>\d{2})_mask\.(?:gif|png)$", re.IGNORECASE)
 _MAX_LISTED = 10
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One photo of one car and (when labelled) its mask file."""
-
-    image: Path
-    mask: Path | None
-    car_id: str
-    view: int
-
-    @property
-    def name(self) -> str:
-        """The image file name, the key Kaggle's CSVs use."""
-        return self.image.name
 
 
 def listing(paths: Sequence[Path | str]) -> str:

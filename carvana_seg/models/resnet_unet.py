@@ -58,6 +58,9 @@ class ResNetUNet(nn.Module):
         in_channels, out_channels: image channels in, logits per pixel out.
     """
 
+    # Only the starting point of the weights: a checkpoint's weights replace them when it is loaded.
+    init_only_arguments = ("encoder_weights",)
+
     def __init__(
         self,
         encoder: str = "resnet34",

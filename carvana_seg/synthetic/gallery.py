@@ -1,6 +1,6 @@
 """Contact sheet of the synthetic data for the README: a few cars on the turntable, each view above its mask.
 
-    python -m carvana_seg.data.gallery --out docs/images/synthetic_views.png
+    python -m carvana_seg.synthetic.gallery --out docs/images/synthetic_views.png
 
 The cars are picked to show the hard cases: a black car (on its own shadow), a white or silver car (on
 the white backdrop), a car with a roof antenna (a part a few pixels wide) and an SUV with roof rails.
@@ -16,7 +16,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from carvana_seg.data.turntable import FULL_SIZE, Car, make_car, render_view
+from carvana_seg.synthetic.car import FULL_SIZE, Car
+from carvana_seg.synthetic.fleet import make_car
+from carvana_seg.synthetic.render import render_view
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 _INK = (40, 40, 40)
@@ -73,14 +75,14 @@ def gallery(seed: int = 0, views: tuple[int, ...] = (1, 3, 5, 9, 13), cell_width
     sheet = np.vstack(blocks[:-1])
     title = np.full((40, sheet.shape[1], 3), 255, np.uint8)
     names = "/".join(f"{view:02d}" for view in views)
-    _label(title, f"carvana_seg.data.synthetic: turntable views {names} and their masks", (8, 26), 0.6)
+    _label(title, f"carvana_seg.synthetic.generate: turntable views {names} and their masks", (8, 26), 0.6)
     return np.vstack([title, sheet])
 
 
 def main(argv: list[str] | None = None) -> None:
     """Write the contact sheet as a PNG."""
     parser = argparse.ArgumentParser(
-        prog="python -m carvana_seg.data.gallery", description=__doc__.split("\n")[0]
+        prog="python -m carvana_seg.synthetic.gallery", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--out", default="docs/images/synthetic_views.png")
     parser.add_argument("--seed", type=int, default=0)

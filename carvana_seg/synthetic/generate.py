@@ -1,6 +1,6 @@
 """Built-in Carvana-like data set: made-up cars on a studio turntable, written in Kaggle's layout.
 
-The renderer lives in `carvana_seg.data.turntable`; this module writes what it draws the way the
+The renderer lives beside this module in `carvana_seg.synthetic`; this module writes what it draws the way the
 competition ships its data, so the same loader reads both:
 
     train/<car_id>_<NN>.jpg                 16 views per car, NN = 01..16
@@ -13,7 +13,7 @@ competition ships its data, so the same loader reads both:
 Everything is a function of the arguments: the same call writes byte-identical files, and car k of a
 seed is the same car whatever the number of cars asked for.
 
-    python -m carvana_seg.data.synthetic --out data/synthetic --cars 8 --size 160x240
+    python -m carvana_seg.synthetic --out data/synthetic --cars 8 --size 160x240
 """
 
 from __future__ import annotations
@@ -34,9 +34,11 @@ import numpy as np
 
 from carvana_seg.data import rle
 from carvana_seg.data.decode import encode_mask
-from carvana_seg.data.errors import DataError
-from carvana_seg.data.turntable import FULL_SIZE, VIEWS, Car, make_car, render_view
-from carvana_seg.filelock import file_lock
+from carvana_seg.data.lock import file_lock
+from carvana_seg.errors import DataError
+from carvana_seg.synthetic.car import FULL_SIZE, VIEWS, Car
+from carvana_seg.synthetic.fleet import make_car
+from carvana_seg.synthetic.render import render_view
 
 __all__ = [
     "FULL_SIZE",
@@ -181,6 +183,7 @@ def write_dataset(
 
 def _spec(cars: int, size: tuple[int, int], seed: int, test_cars: int) -> dict:
     return {
+        # The generator's name from before the move into carvana_seg.synthetic: sets on disk stay valid.
         "generator": "carvana_seg.data.synthetic",
         "version": GENERATOR_VERSION,
         "cars": int(cars),
@@ -262,7 +265,7 @@ def _parse_size(text: str) -> tuple[int, int]:
 def main(argv: list[str] | None = None) -> None:
     """Command line: write a synthetic set and print a one-line summary."""
     parser = argparse.ArgumentParser(
-        prog="python -m carvana_seg.data.synthetic", description=__doc__.split("\n")[0]
+        prog="python -m carvana_seg.synthetic", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--cars", type=int, default=8, help="labelled cars (16 views each)")

@@ -1,12 +1,17 @@
-"""SegmentationModule: one LightningModule for every network and loss of the study.
+"""SegmentationModule: one LightningModule for every network and loss of the study, and the owner of
+the checkpoint format.
 
-`model=unet loss=bce_dice` means what it says: the network and the loss arrive as arguments, built by
-Hydra from their own config groups; this class adds normalisation, metrics and the optimiser.
+`model=unet loss=bce_dice` means what it says: the network and the loss arrive as arguments (their
+configs, from their own config groups); this class adds normalisation, metrics and the optimiser.
+Their configs are its hyperparameters, so Lightning's `SegmentationModule.load_from_checkpoint(path)`
+rebuilds the trained module from the checkpoint alone, through `carvana_seg.core.builder`, which
+builds only the project's own classes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -15,19 +20,27 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torchmetrics import MaxMetric, MeanMetric
 
-from carvana_seg.logits import logit_threshold, to_full_size
-from carvana_seg.metrics import SegmentationScores
+from carvana_seg.core.builder import LOSSES, MODELS, build
+from carvana_seg.core.metrics import SegmentationScores
+from carvana_seg.core.run_config import RunConfig
+from carvana_seg.core.upsample import logit_threshold, to_full_size
+from carvana_seg.errors import InputError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# Written into every checkpoint; checkpoints without it predate the hyperparameters that rebuild the net.
+CHECKPOINT_FORMAT = 2
 
 
 class SegmentationModule(pl.LightningModule):
     """A network that maps uint8 photos (B, 3, H, W) to car logits (B, 1, H, W), with its training.
 
     Args:
-        net: the bare network (normalised float images in, logits out).
-        loss: a module taking (logits, target) and returning a scalar.
+        net: the bare network (normalised float images in, logits out): its config (a mapping with the
+            `_target_` of a class in `carvana_seg.models`), saved as a hyperparameter; or a built
+            nn.Module, which is not saved (pass it again to `load_from_checkpoint`).
+        loss: a module taking (logits, target) and returning a scalar: its config (a class in
+            `carvana_seg.core.losses`) or a built nn.Module, as for `net`.
         optimizer: a partial optimiser (Hydra `_partial_: true`), completed with the parameters;
             None for a module used only for inference.
         scheduler: a partial LR scheduler, completed with the optimiser and stepped after every
@@ -38,34 +51,40 @@ class SegmentationModule(pl.LightningModule):
             so checkpoints carry the statistics they were trained with).
         channels_last: run the network in channels-last memory format (faster convolutions on GPUs).
         compile: torch.compile the network's forward.
-        run_config: the composed run configuration, stored in every checkpoint so that evaluation
-            and prediction can rebuild the network from the checkpoint alone.
+        run: the training run's `RunConfig` (as its `to_dict()`), stored in every checkpoint so that
+            evaluation and prediction know the input size and the validation cars.
     """
 
     def __init__(
         self,
-        net: nn.Module,
-        loss: nn.Module,
-        optimizer: Callable[..., Optimizer] | None,
+        net: Mapping[str, Any] | nn.Module,
+        loss: Mapping[str, Any] | nn.Module,
+        optimizer: Callable[..., Optimizer] | None = None,
         scheduler: Callable[..., Any] | None = None,
         threshold: float = 0.5,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         channels_last: bool = False,
         compile: bool = False,
-        run_config: dict[str, Any] | None = None,
+        run: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"module.threshold must be in (0, 1), got {threshold}")
-        self.save_hyperparameters(ignore=["net", "loss", "optimizer", "scheduler", "run_config"])
-        self.net = net
-        self.loss = loss
+        built = [name for name, value in (("net", net), ("loss", loss)) if isinstance(value, nn.Module)]
+        self.save_hyperparameters(ignore=["optimizer", "scheduler", *built])
+        self.net = net if isinstance(net, nn.Module) else build(net, MODELS, "model")
+        self.loss = loss if isinstance(loss, nn.Module) else build(loss, LOSSES, "loss")
+        if "net" not in built:
+            # Arguments that only initialise weights (a pretrained file) are not needed again: the
+            # checkpoint's weights replace them, and the file may not exist where the checkpoint goes.
+            skip = getattr(type(self.net), "init_only_arguments", ())
+            self.hparams["net"] = {k: None if k in skip else v for k, v in self.hparams["net"].items()}
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        self.run_config = run_config
+        self.run_config = RunConfig.from_dict(run) if run is not None else None
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.net_forward: Callable[[Tensor], Tensor] = torch.compile(net) if compile else net
+        self.net_forward: Callable[[Tensor], Tensor] = torch.compile(self.net) if compile else self.net
         self.logit_threshold = logit_threshold(threshold)  # the metrics threshold logits, no sigmoid
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1) * 255, persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1) * 255, persistent=False)
@@ -145,5 +164,49 @@ class SegmentationModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self.run_config is not None:
-            checkpoint["carvana_seg"] = {"config": self.run_config}
+        checkpoint["carvana_seg_format"] = CHECKPOINT_FORMAT
+
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls, checkpoint_path: str | Path, map_location: Any = "cpu", **kwargs: Any
+    ) -> SegmentationModule:
+        """The trained module of a checkpoint written by training, in eval mode.
+
+        Lightning's own loader, restricted to tensors and plain values (`weights_only`); the network
+        and loss are rebuilt from the saved hyperparameters (only the project's classes) unless given
+        in `kwargs`. A file that is missing, unreadable or of an older format raises InputError.
+        """
+        path = Path(checkpoint_path).expanduser()
+        _check_format(path)
+        try:
+            module = super().load_from_checkpoint(
+                path, map_location=map_location, weights_only=True, **kwargs
+            )
+        except RuntimeError as err:  # load_state_dict: the weights do not fit the rebuilt network
+            raise InputError(f"ckpt_path {path}: its weights do not fit its own model config: {err}") from err
+        return module.eval()
+
+
+def _check_format(path: Path) -> None:
+    """Refuse, with what to do, a file that is not a checkpoint of this format (before building anything)."""
+    if not path.is_file():
+        raise InputError(f"ckpt_path {path} does not exist")
+    try:
+        # mmap: the tensors are not read here, only the small dictionaries around them.
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # torch raises many types for a file that is not a checkpoint
+        raise InputError(
+            f"ckpt_path {path} is not a readable PyTorch checkpoint ({type(err).__name__})"
+        ) from err
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise InputError(f"ckpt_path {path} is not a Lightning checkpoint (it has no state_dict)")
+    if "carvana_seg" in checkpoint and "carvana_seg_format" not in checkpoint:
+        raise InputError(
+            f"ckpt_path {path} was written by an earlier carvana_seg, whose checkpoints cannot rebuild their "
+            "network: retrain it with `python -m carvana_seg.train` (same overrides)"
+        )
+    if checkpoint.get("carvana_seg_format") != CHECKPOINT_FORMAT:
+        raise InputError(
+            f"ckpt_path {path} is not a carvana_seg checkpoint of format {CHECKPOINT_FORMAT} "
+            "(checkpoints written by `python -m carvana_seg.train` are)"
+        )

@@ -1,6 +1,6 @@
 """The study's figures, made from a finished sweep folder (what `make figures` and notebooks/02 use).
 
-    python -m carvana_seg.figures runs/study --out docs/images
+    python -m carvana_seg.tools.figures runs/study --out docs/images
 
 writes `study_curves.png` (validation dice per epoch: CNN vs U-Net, and the three losses) and
 `study_table.md` (the sweep's summary table) and, scoring the best U-Net of the study at full size with
@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from carvana_seg.report import Job, best_job, find_jobs, to_markdown
+from carvana_seg.tools.sweep_summary import Job, best_job, find_jobs, to_markdown
 
 
 def read_scalars(run_dir: str | Path, tag: str) -> tuple[list[int], list[float]]:
@@ -68,10 +68,8 @@ def study_curves(sweep_dir: str | Path, tag: str = "val/dice") -> Figure:
 def worst_errors(sweep_dir: str | Path, out: str | Path, model: str = "unet", worst_k: int = 4) -> Path:
     """Score the best `model` job of the sweep at full size (the evaluate command, on its validation
     cars) and copy the picture of its worst image to `out`; the evaluation lands in `<sweep>/eval`."""
-    from hydra import compose, initialize_config_dir
-
+    from carvana_seg.config import compose
     from carvana_seg.evaluate import evaluate
-    from carvana_seg.train import CONF_DIR
 
     sweep_dir = Path(sweep_dir)
     candidates = [job for job in find_jobs(sweep_dir) if job.overrides.get("model") == model]
@@ -80,11 +78,10 @@ def worst_errors(sweep_dir: str | Path, out: str | Path, model: str = "unet", wo
         raise FileNotFoundError(f"no finished job in {sweep_dir}")
     ckpt = sweep_dir / str(job.num) / "checkpoints" / "best.ckpt"
     output_dir = sweep_dir / "eval" / str(job.num)
-    with initialize_config_dir(CONF_DIR, version_base="1.3"):
-        cfg = compose(
-            "evaluate",
-            [f"ckpt_path={ckpt.resolve()}", f"paths.output_dir={output_dir.resolve()}", f"worst_k={worst_k}"],
-        )
+    cfg = compose(
+        "evaluate",
+        [f"ckpt_path={ckpt.resolve()}", f"paths.output_dir={output_dir.resolve()}", f"worst_k={worst_k}"],
+    )
     evaluate(cfg)
     worst = sorted((output_dir / "worst").glob("01_*.png"))[0]
     Path(out).parent.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from torch import Tensor
 from torchvision.utils import make_grid
 
-from carvana_seg.logits import to_full_size
+from carvana_seg.core.upsample import to_full_size
 
 
 def mask_to_rgb(mask: Tensor) -> Tensor:

@@ -5,13 +5,14 @@ threshold at one half).
 Two best predictions per size: the nearest-neighbour binary mask (what a network trained on binary
 masks at best learns) and the area-averaged share of car per pixel (`data.soft_masks=true`).
 
-    python -m carvana_seg.ceiling data.root=/path/to/carvana 'sizes=[[160,240],[128,192]]'
+    python -m carvana_seg.tools.ceiling data.root=/path/to/carvana 'sizes=[[160,240],[128,192]]'
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 import hydra
 import numpy as np
@@ -19,13 +20,13 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
+from carvana_seg.config import CONF_DIR
+from carvana_seg.core.metrics import per_image_scores
+from carvana_seg.core.upsample import to_full_size
 from carvana_seg.data import rle
-from carvana_seg.data.datamodule import CarvanaDataModule
 from carvana_seg.data.decode import image_size, mask_coverage, read_mask, resize_mask
-from carvana_seg.data.errors import DataError
-from carvana_seg.errors import InputError, exit_on_input_error
-from carvana_seg.logits import to_full_size
-from carvana_seg.metrics import per_image_scores
+from carvana_seg.data.labelled import labelled_samples
+from carvana_seg.errors import DataError, InputError, exit_on_input_error
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +55,13 @@ def ceiling(cfg: DictConfig) -> tuple[dict[str, dict[str, float]], int]:
         raise InputError(f"sizes must be a list of [height, width], got {cfg.sizes}")
     if cfg.every < 1:
         raise InputError(f"every must be at least 1, got {cfg.every}")
-    data = CarvanaDataModule(cfg.data.root, mask_source=cfg.data.mask_source, check_files=False)
-    samples, rle_masks = data.labelled_samples()
+    if cfg.data.root in (None, "", "???"):
+        raise DataError("data.root is not set: pass data.root=/path/to/carvana (Kaggle's layout)")
+    root = Path(cfg.data.root).expanduser().resolve()
+    samples, rle_masks = labelled_samples(root, mask_source=cfg.data.mask_source, check_files=False)
     samples = samples[:: cfg.every]
     if not samples:
-        raise DataError(f"no labelled photos in {data.root}")
+        raise DataError(f"no labelled photos in {root}")
     scores: dict[str, dict[str, list[float]]] = {f"{h}x{w}": {"binary": [], "soft": []} for h, w in sizes}
     for sample in tqdm(samples, desc="masks", unit="mask"):
         if rle_masks is not None:
@@ -88,7 +91,7 @@ def run(cfg: DictConfig) -> dict[str, dict[str, float]]:
     return table
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="ceiling")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="ceiling")
 def main(cfg: DictConfig) -> None:
     exit_on_input_error(run, cfg)
 

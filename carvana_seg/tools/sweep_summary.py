@@ -3,7 +3,7 @@
 Hydra runs the callback `SweepSummary` (configured in conf/hydra/default.yaml) around every multirun:
 after each job it rebuilds `summary.md` and `summary.csv` in the sweep directory (so a sweep that stops
 on a failed job still leaves its table), and at the end of the sweep it prints the markdown table.
-`python -m carvana_seg.report SWEEP_DIR` rebuilds the same table from any finished sweep.
+`python -m carvana_seg.tools.sweep_summary SWEEP_DIR` rebuilds the same table from any finished sweep.
 
 A job is a numbered folder of the sweep (`<sweep dir>/<job num>/`) with Hydra's
 `.hydra/overrides.yaml` and, when it finished, the `metrics.json` that `train()` writes. A job without
@@ -232,7 +232,7 @@ class SweepSummary(Callback):
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m carvana_seg.report",
+        prog="python -m carvana_seg.tools.sweep_summary",
         description="Rebuild summary.md and summary.csv of a finished sweep and print the table.",
     )
     parser.add_argument("sweep_dir", type=Path, help="a sweep folder, e.g. runs/multirun/2026-01-01/12-00-00")

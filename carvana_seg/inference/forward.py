@@ -1,0 +1,50 @@
+"""Running a trained network: the device, the autocast context, and logits with optional flip TTA.
+
+Full size is where Kaggle scored: the network runs at its training size, its logits are resized
+bilinearly to the photo's own size (1280x1918 for Carvana) and only then thresholded
+(`carvana_seg.core.upsample`), so edges come out smooth instead of as the staircase of an up-scaled
+binary mask.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import Tensor
+
+from carvana_seg.core.module import SegmentationModule
+from carvana_seg.core.precision import resolve_precision
+from carvana_seg.errors import InputError
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"device={device} but no CUDA GPU is visible")
+    return torch.device(device)
+
+
+def autocast(device: torch.device, precision: str = "auto") -> contextlib.AbstractContextManager:
+    """The autocast context of `precision` on `device`: "auto" is bf16/16 mixed on CUDA and fp32 on the
+    CPU, as in training; an explicit bf16-mixed autocasts on the CPU too (fast where it has AVX512-BF16)."""
+    resolved = str(resolve_precision(precision, "cuda" if device.type == "cuda" else "cpu"))
+    if resolved.startswith("32") or resolved.startswith("64"):
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if resolved.startswith("bf16") else torch.float16
+    if device.type != "cuda" and dtype != torch.bfloat16:
+        raise ValueError(f"precision {precision} needs CUDA; on the CPU use 32-true or bf16-mixed")
+    return torch.autocast(device.type, dtype=dtype)
+
+
+@torch.no_grad()
+def predict_logits(module: SegmentationModule, images: Tensor, tta_hflip: bool = False) -> Tensor:
+    """fp32 logits (B, 1, h, w) at the input size; with `tta_hflip`, of the mean of the probabilities
+    of the photo and of its mirror image."""
+    logits = module(images).float()
+    if tta_hflip:
+        mirrored = module(images.flip(-1)).float().flip(-1)
+        probability = (torch.sigmoid(logits) + torch.sigmoid(mirrored)) / 2
+        logits = torch.logit(probability, eps=1e-7)
+    return logits

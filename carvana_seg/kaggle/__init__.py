@@ -1,0 +1,1 @@
+"""The Kaggle Carvana competition: access to its API and the files it ships."""

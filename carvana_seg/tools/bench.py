@@ -1,0 +1,72 @@
+"""`python -m carvana_seg.tools.bench` (`make bench`): the speed of every stage, printed as one table.
+
+- loader (`bench_loader`): images/s of the public Carvana U-Net's per-item data path, of ours without
+  and with the decoded cache, and the start-up time of a data set of Kaggle's size (5,088 files).
+- train (`bench_train`): images/s of each network at a few sizes and precisions (and torch.compile on
+  CUDA), and one epoch through Lightning against the same epoch through a plain PyTorch loop.
+- predict (`bench_predict`): full-size images/s of the real `predict` command (decode, infer,
+  upsample, threshold, run-length encode, write masks) and peak memory.
+
+Runs on the built-in data by default (generated at full size, 1280x1918) and on real data with
+`data.root=DIR`. Each figure is the median of `repeats` timings after a warm-up (`bench_table`).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from carvana_seg.config import CONF_DIR
+from carvana_seg.tools.bench_loader import bench_loader
+from carvana_seg.tools.bench_predict import bench_predict
+from carvana_seg.tools.bench_table import Rows, markdown
+from carvana_seg.tools.bench_train import bench_train
+
+
+def machine_name(device: torch.device) -> str:
+    processor = platform.processor() or platform.machine()
+    cpu = f"{os.cpu_count()} CPU cores ({processor}), torch {torch.__version__}"
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name()} + {cpu}"
+    return f"CPU only: {cpu}, {torch.get_num_threads()} torch threads"
+
+
+def bench(cfg: DictConfig) -> list[dict]:
+    device = torch.device("cuda" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.set_float32_matmul_precision("high")
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()  # the built-in set is generated on first use
+    root = datamodule.root
+    output = Path(cfg.output) if cfg.output else None
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.with_suffix(".jsonl").unlink(missing_ok=True)
+    rows = Rows(output.with_suffix(".jsonl") if output is not None else None)
+    if "loader" in cfg.sections:
+        bench_loader(cfg, root, Path(cfg.paths.cache_dir), rows)
+    if "train" in cfg.sections:
+        bench_train(cfg, device, rows)
+    if "predict" in cfg.sections:
+        bench_predict(cfg, root, device, rows)
+    table = markdown(rows, machine_name(device))
+    print(table)
+    if output is not None:
+        output.write_text(table + "\n")
+    return rows
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="bench")
+def main(cfg: DictConfig) -> None:
+    bench(cfg)
+
+
+if __name__ == "__main__":
+    main()

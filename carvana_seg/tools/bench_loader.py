@@ -1,0 +1,153 @@
+"""The benchmark's `loader` section: images/s of the public Carvana U-Net's per-item data path
+(reproduced here: PIL decode of the full photo and mask, PIL resize, a palette lookup per mask), of
+ours without and with the decoded cache, and the start-up time of a data set of Kaggle's size."""
+
+from __future__ import annotations
+
+import functools
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from PIL import Image
+
+from carvana_seg.data import rle
+from carvana_seg.data.datamodule import CarvanaDataModule
+from carvana_seg.data.dataset import CarvanaDataset, train_augmentation
+from carvana_seg.data.layout import MASK_CSV, find_samples
+from carvana_seg.data.sample import Sample
+from carvana_seg.tools.bench_table import median_rate, row
+
+
+def public_pipeline_item(
+    sample: Sample, scale: float, mask_values: list[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-item path of the public PyTorch U-Net's Carvana dataset, as that code does it: decode
+    the full photo and mask with PIL, resize each with PIL (bicubic / nearest) to `scale`, map mask
+    values to class indices one value at a time, scale the photo to 0..1."""
+    photo, mask = Image.open(sample.image), Image.open(sample.mask)
+    width, height = photo.size
+    new_size = (int(scale * width), int(scale * height))
+    image = np.asarray(photo.resize(new_size, resample=Image.Resampling.BICUBIC)).transpose(2, 0, 1) / 255.0
+    mask_pixels = np.asarray(mask.resize(new_size, resample=Image.Resampling.NEAREST))
+    classes = np.zeros(mask_pixels.shape, dtype=np.int64)
+    for index, value in enumerate(mask_values):
+        classes[mask_pixels == value] = index
+    return torch.as_tensor(image.copy()).float().contiguous(), torch.as_tensor(
+        classes.copy()
+    ).long().contiguous()
+
+
+def public_pipeline_startup(samples: list[Sample]) -> tuple[float, list[int]]:
+    """Seconds the public dataset's constructor spends finding the mask values (it decodes every mask)."""
+    started = time.perf_counter()
+    values = sorted(set().union(*(np.unique(np.asarray(Image.open(s.mask))).tolist() for s in samples)))
+    return time.perf_counter() - started, values
+
+
+def startup_farm(samples: list[Sample], count: int, folder: Path) -> Path:
+    """A Kaggle-layout folder of `count` photo/mask pairs, made of symbolic links to `samples`."""
+    (folder / "train").mkdir(parents=True)
+    (folder / "train_masks").mkdir()
+    for i in range(count):
+        source = samples[i % len(samples)]
+        name = f"{i // 16:012x}_{i % 16 + 1:02d}"
+        (folder / "train" / f"{name}.jpg").symlink_to(source.image.resolve())
+        (folder / "train_masks" / f"{name}_mask.gif").symlink_to(source.mask.resolve())
+    return folder
+
+
+def bench_loader(cfg: DictConfig, root: Path, cache_dir: Path, rows: list[dict]) -> None:
+    samples = [s for s in find_samples(root) if s.mask is not None]
+    size = tuple(cfg.loader.size)
+    full_h, full_w = np.asarray(Image.open(samples[0].mask)).shape
+    scale = size[0] / full_h
+    items = min(cfg.loader.count, len(samples))
+
+    seconds, values = public_pipeline_startup(samples)
+    rows.append(
+        row("loader", "public U-Net: start-up (decodes every mask)", f"{len(samples)} files", seconds=seconds)
+    )
+
+    def run(get: Callable[[int], Any]) -> int:
+        for i in range(items):
+            get(i % len(samples))
+        return items
+
+    def public(i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return public_pipeline_item(samples[i], scale, values)
+
+    public(0)
+    rate = median_rate(lambda: run(public), cfg.repeats)
+    rows.append(
+        row(
+            "loader",
+            "public U-Net: per item (PIL decode + resize)",
+            f"{int(scale * full_h)}x{int(scale * full_w)}, 1 process",
+            rate=rate,
+        )
+    )
+    baseline = rate
+
+    augmentation = train_augmentation(0.5, seed=0)
+    sources = [("files", None)]
+    if (root / MASK_CSV).is_file():  # Kaggle's run-length masks: what data.mask_source=auto then reads
+        sources.append(("auto", rle.read_csv(root / MASK_CSV)))
+    for source, rle_masks in sources:
+        plain = CarvanaDataset(samples, size, augmentation, rle_masks)
+        plain[0]
+        rate = median_rate(functools.partial(run, plain.__getitem__), cfg.repeats)
+        masks = "GIF masks" if rle_masks is None else "masks from train_masks.csv"
+        rows.append(
+            row(
+                "loader",
+                f"ours, uncached, {masks} (data.mask_source={source})",
+                f"{size[0]}x{size[1]}, 1 process",
+                rate=rate,
+                note=f"{rate / baseline:.1f}x the public path",
+            )
+        )
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache_dir) as fresh:  # the build is part of what is measured
+        module = CarvanaDataModule(
+            root, image_size=size, num_workers=0, cache=True, cache_dir=fresh, hflip_p=0.5
+        )
+        started = time.perf_counter()
+        module.setup("fit")
+        build = time.perf_counter() - started
+        cached = CarvanaDataset(samples, size, augmentation, cache=module.train_set.cache)
+        cached[0]
+        rate = median_rate(lambda: run(cached.__getitem__), cfg.repeats)
+    rows.append(
+        row(
+            "loader",
+            "ours, cached (memory-mapped uint8, flip on the fly)",
+            f"{size[0]}x{size[1]}, 1 process",
+            rate=rate,
+            note=f"{rate / baseline:.0f}x; cache built in {build:.1f} s",
+        )
+    )
+
+    with tempfile.TemporaryDirectory() as tmp:
+        farm = startup_farm(samples, cfg.loader.startup_files, Path(tmp) / "farm")
+        for label in (
+            "first start-up: list + read every header",
+            "later start-ups: list + stat (checked before)",
+        ):
+            module = CarvanaDataModule(farm, image_size=size, num_workers=0, cache_dir=Path(tmp) / "cache")
+            started = time.perf_counter()
+            module.setup("fit")
+            rows.append(
+                row(
+                    "loader",
+                    f"ours, {label}",
+                    f"{cfg.loader.startup_files} files",
+                    seconds=time.perf_counter() - started,
+                )
+            )

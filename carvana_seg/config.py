@@ -13,8 +13,9 @@ from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
-# Absolute, so that `hydra.main` finds the configs whatever module or working folder it starts from.
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+# carvana_seg/conf is the repository's conf/ (a link in a checkout, a copy inside a wheel). Absolute,
+# so that `hydra.main` finds the configs whatever module or working folder it starts from.
+CONF_DIR = str((Path(__file__).parent / "conf").resolve())
 
 
 def compose(config_name: str, overrides: Sequence[str] = ()) -> DictConfig:

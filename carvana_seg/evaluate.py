@@ -32,11 +32,11 @@ from carvana_seg.core.upsample import logit_threshold, to_full_size
 from carvana_seg.data.datamodule import resolve_num_workers
 from carvana_seg.data.decode import read_image
 from carvana_seg.data.labelled import labelled_samples
+from carvana_seg.data.photos import PhotoDataset, batches_by_size, photo_loader
 from carvana_seg.data.sample import Sample
 from carvana_seg.errors import DataError, InputError, exit_on_input_error
 from carvana_seg.inference.error_panel import error_panel
-from carvana_seg.inference.forward import autocast, pick_device, predict_logits
-from carvana_seg.inference.photos import PhotoDataset, batches_by_size, photo_loader
+from carvana_seg.inference.forward import autocast, pick_device
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                 raise DataError("cannot evaluate unreadable files:\n  " + "\n  ".join(bad))
             images = batch["image"].to(device, non_blocking=True)
             with autocast(device, cfg.precision):
-                logits = predict_logits(module, images, cfg.tta_hflip)
+                logits = module.predict_logits(images, cfg.tta_hflip)
             targets_small = torch.stack(batch["mask_small"]).to(device)[:, None].bool()
             scores_small = per_image_scores(logits > logit_threshold(threshold), targets_small)
             for full_size, positions in batches_by_size(batch["full_size"]):

@@ -7,6 +7,13 @@ written by a small thread pool while the next batch is computed; memory does not
 of photos. Killed at any point, the same command continues where it stopped: rows are committed in
 parts (each a complete gzip member, renamed into place atomically) and `submission.csv.gz` is the
 concatenation of the parts, checked row by row against the expected list of images at the end.
+
+Bad input stops the command (exit code 2, the message naming the option, file or row) before the
+output folder is created: the options, the checkpoint, the photo list (a sample submission's
+duplicates, two photos that would write one mask file) and every photo's header and end (a truncated
+photo). The output folder is then held by this predict alone (`inference.submission.Output`) and
+remembers its photo list, so a rerun on changed photos is refused. A network that returns NaN or inf
+for a batch stops the run before a mask of that batch is written.
 """
 
 from __future__ import annotations
@@ -14,196 +21,195 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import hydra
-import numpy as np
+import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig
-from tqdm import tqdm
+from omegaconf import DictConfig, OmegaConf
 
 from carvana_seg.config import CONF_DIR
 from carvana_seg.core.module import SegmentationModule
-from carvana_seg.core.upsample import logit_threshold, to_full_size
-from carvana_seg.data import rle
+from carvana_seg.core.precision import resolve_precision
 from carvana_seg.data.datamodule import resolve_num_workers
-from carvana_seg.data.decode import encode_mask, image_size
-from carvana_seg.errors import DataError, InputError, exit_on_input_error
-from carvana_seg.inference.forward import autocast, pick_device, predict_logits
-from carvana_seg.inference.photos import PhotoDataset, batches_by_size, photo_loader
-from carvana_seg.inference.submission import Output, atomic_write
+from carvana_seg.data.photos import PhotoDataset, photo_loader
+from carvana_seg.errors import DataError, DivergedError, InputError, exit_on_input_error
+from carvana_seg.inference.forward import autocast, pick_device
+from carvana_seg.inference.photo_list import check_headers, list_images
+from carvana_seg.inference.submission import Output
+from carvana_seg.inference.writer import MaskWriter
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
-UNREADABLE = "unreadable.txt"
+_PRECISIONS = ("auto", "fast", "32", "32-true", "64", "64-true", "16", "16-mixed", "16-true", "bf16")
+_PRECISIONS += ("bf16-mixed", "bf16-true")
 
 
-def list_images(input_dir: Path, sample_submission: Path | None) -> list[Path]:
-    """The photos to predict, in the order of the submission: the sample's order, else by name."""
-    if not input_dir.is_dir():
-        raise InputError(f"input {input_dir} does not exist or is not a folder")
-    found = {p.name: p for p in input_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()}
-    if sample_submission is None:
-        if not found:
-            raise InputError(f"input {input_dir} holds no .jpg or .png photos")
-        return [found[name] for name in sorted(found)]
-    if not sample_submission.is_file():
-        raise InputError(f"sample_submission {sample_submission} does not exist")
-    try:
-        names = list(rle.read_csv(sample_submission))
-    except ValueError as err:
-        raise InputError(str(err)) from err
-    missing = [name for name in names if name not in found]
-    if missing:
-        raise InputError(
-            f"{len(missing)} photos listed in {sample_submission} are not in {input_dir}, e.g. {missing[:5]}"
-        )
-    return [found[name] for name in names]
+def _count(cfg: DictConfig, key: str, minimum: int = 1) -> int:
+    value = OmegaConf.select(cfg, key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InputError(f"{key} must be a whole number >= {minimum}, got {value!r}")
+    return value
 
 
-def check_headers(images: list[Path]) -> list[str]:
-    """Read every photo's header before the long work starts; the errors, one per unreadable photo."""
-    errors = []
-    for path in tqdm(images, desc="check photos", unit="img", dynamic_ncols=True, disable=len(images) < 2000):
-        try:
-            image_size(path)
-        except DataError as err:
-            errors.append(str(err))
-    return errors
-
-
-def _finish(
-    mask: np.ndarray, name: str, folder: Path | None, mask_format: str, encode: bool
-) -> tuple[str, str]:
-    """Off the main thread: write the mask file (atomically) and run-length encode the mask."""
-    if folder is not None:
-        atomic_write(folder / f"{Path(name).stem}_mask.{mask_format}", encode_mask(mask, mask_format))
-    return name, rle.encode(mask) if encode else ""
-
-
-def predict(cfg: DictConfig) -> dict[str, Any]:
-    """Predict every photo of `cfg.input` into `cfg.output`, resuming an interrupted run."""
-    started = time.perf_counter()
+def check_options(cfg: DictConfig) -> None:
+    """Every option that can be checked without the checkpoint or the photos, before anything else."""
     if cfg.masks not in ("gif", "png", "none"):
         raise InputError(f"masks must be gif, png or none, got {cfg.masks!r}")
     if cfg.on_error not in ("stop", "skip"):
         raise InputError(f"on_error must be stop or skip, got {cfg.on_error!r}")
+    for key in ("submission", "tta_hflip", "overlays"):
+        if not isinstance(cfg[key], bool):
+            raise InputError(f"{key} must be true or false, got {cfg[key]!r}")
     if cfg.masks == "none" and not cfg.submission:
         raise InputError("masks=none and submission=false: there would be nothing to write")
-    input_dir = Path(cfg.input).expanduser().resolve()
+    if cfg.threshold is not None:
+        check_threshold(cfg.threshold, "threshold")
+    for key in ("data.batch_size", "writer_threads", "chunk_size"):
+        _count(cfg, key)
+    resolve_num_workers(cfg.data.num_workers)
+    size = cfg.data.image_size
+    if size is not None and (
+        not OmegaConf.is_list(size)
+        or len(size) != 2
+        or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in size)
+    ):
+        raise InputError(f"data.image_size must be null or [H, W] in whole pixels >= 1, got {size!r}")
+    wait = cfg.lock_wait
+    if isinstance(wait, bool) or not isinstance(wait, int | float) or not wait >= 0:
+        raise InputError(f"lock_wait must be a number of seconds >= 0, got {wait!r}")
+    if str(cfg.precision) not in _PRECISIONS:
+        raise InputError(f"precision must be one of {', '.join(_PRECISIONS)}, got {cfg.precision!r}")
+
+
+def check_threshold(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
+        raise InputError(f"{what} must be a probability strictly between 0 and 1, got {value!r}")
+    return float(value)
+
+
+def predict(cfg: DictConfig) -> dict[str, Any]:
+    """Predict every photo of `cfg.input` into `cfg.output`, resuming an interrupted run.
+
+    Everything that can be wrong with the options, the checkpoint and the photos is checked before the
+    output folder is created or claimed; the folder is then held by this predict alone until it ends.
+    """
+    started = time.perf_counter()
+    check_options(cfg)
+    input_text = (
+        str(Path(cfg.input).expanduser().resolve())
+        if not any(c in str(cfg.input) for c in "*?[")
+        else str(cfg.input)
+    )
     output_dir = Path(cfg.output).expanduser().resolve()
     sample = Path(cfg.sample_submission).expanduser().resolve() if cfg.sample_submission else None
-    device = pick_device(cfg.device)
-    module = SegmentationModule.load_from_checkpoint(cfg.ckpt_path).to(device)
+    try:
+        device = pick_device(cfg.device)
+    except RuntimeError as err:  # torch's own words for a device string it does not know
+        raise InputError(f"device={cfg.device}: {err}") from err
+    try:
+        autocast(device, cfg.precision)
+    except ValueError as err:
+        raise InputError(str(err)) from err
+    ckpt_path = Path(cfg.ckpt_path).expanduser().resolve()
+    module = SegmentationModule.load_from_checkpoint(ckpt_path).to(device)
     if cfg.data.image_size is None and module.run_config is None:
-        raise InputError(f"{cfg.ckpt_path} does not say its input size: pass data.image_size=[H,W]")
-    images = list_images(input_dir, sample)
-    unreadable = check_headers(images)
-    if unreadable and cfg.on_error == "stop":
-        raise DataError(
-            f"{len(unreadable)} unreadable photos in {input_dir} "
-            "(on_error=skip writes empty masks for them):\n  " + "\n  ".join(unreadable[:20])
-        )
-    threshold = cfg.threshold if cfg.threshold is not None else module.hparams.threshold
+        raise InputError(f"{ckpt_path} does not say its input size: pass data.image_size=[H,W]")
+    if cfg.threshold is None:
+        threshold = check_threshold(module.hparams.threshold, f"the threshold stored in {ckpt_path}")
+    else:
+        threshold = float(cfg.threshold)
+    module.predict_threshold, module.tta_hflip = threshold, bool(cfg.tta_hflip)
+    images = list_images(cfg.input, sample, cfg.masks)
     size = tuple(cfg.data.image_size or module.run_config.image_size)
     output = Output(
         output_dir,
         {
-            "ckpt_path": str(Path(cfg.ckpt_path).expanduser().resolve()),
-            "input": str(input_dir),
+            "ckpt_path": str(ckpt_path),
+            "input": input_text,
             "sample_submission": str(sample) if sample else None,
-            "images": len(images),
             "input_size": list(size),
-            "threshold": float(threshold),
+            "threshold": threshold,
             "tta_hflip": bool(cfg.tta_hflip),
             "masks": cfg.masks,
             "submission": bool(cfg.submission),
         },
+        [path.name for path in images],
     )
-    output.claim()
-    mask_folder = None if cfg.masks == "none" else output_dir / "masks"
-    if mask_folder is not None:
-        mask_folder.mkdir(exist_ok=True)
-
-    done = output.committed()
-    todo = [path for path in images if path.name not in done]
-    log.info(
-        "predicting %d photos of %s (%d already done) into %s", len(todo), input_dir, len(done), output_dir
-    )
-    workers = resolve_num_workers(cfg.data.num_workers)
-    loader = photo_loader(
-        PhotoDataset(todo, size), cfg.data.batch_size, workers, pin_memory=device.type == "cuda"
-    )
-    cut = logit_threshold(threshold)
-    skipped: list[str] = []
-    rows: list[tuple[str, str]] = []
-    pending: deque[Future] = deque()
-    progress = tqdm(total=len(images), initial=len(done), desc="predict", unit="img", dynamic_ncols=True)
-    with ThreadPoolExecutor(max_workers=cfg.writer_threads) as pool:
-
-        def drain(keep: int) -> None:
-            while len(pending) > keep:
-                rows.append(pending.popleft().result())
-                progress.update(1)
-                if len(rows) >= cfg.chunk_size:
-                    output.commit(rows)
-                    rows.clear()
-
-        for batch in loader:
-            images_on_device = batch["image"].to(device, non_blocking=True)
-            with autocast(device, cfg.precision):
-                logits = predict_logits(module, images_on_device, cfg.tta_hflip)
-            masks: dict[int, np.ndarray] = {}
-            readable = [
-                (p, s)
-                for p, (s, e) in enumerate(zip(batch["full_size"], batch["error"], strict=True))
-                if not e
-            ]
-            for full_size, group in batches_by_size([s for _, s in readable]):
-                positions = [readable[g][0] for g in group]
-                binary = (to_full_size(logits[positions], full_size) > cut).to(torch.uint8).cpu().numpy()
-                masks.update({p: binary[i, 0] for i, p in enumerate(positions)})
-            for position, name in enumerate(batch["name"]):
-                if batch["error"][position]:
-                    if cfg.on_error == "stop":
-                        raise DataError(f"cannot read {input_dir / name}: {batch['error'][position]}")
-                    skipped.append(batch["error"][position])
-                    empty = Future()
-                    empty.set_result((name, ""))
-                    pending.append(empty)
-                    continue
-                pending.append(
-                    pool.submit(_finish, masks[position], name, mask_folder, cfg.masks, cfg.submission)
-                )
-            drain(keep=2 * cfg.data.batch_size)  # bounded: memory does not grow with the number of photos
-        drain(keep=0)
-        if rows:
-            output.commit(rows)
-    progress.close()
-    if skipped:
-        (output_dir / UNREADABLE).write_text("\n".join(skipped) + "\n")
-        log.warning(
-            "%d unreadable photos got empty masks; listed in %s", len(skipped), output_dir / UNREADABLE
+    output.check()  # a folder of another run is refused before the photos are read
+    problems = check_headers(images)
+    if problems and cfg.on_error == "stop":
+        raise DataError(
+            f"{len(problems)} unreadable photos in {cfg.input} "
+            "(on_error=skip writes empty masks for them):\n  " + "\n  ".join(list(problems.values())[:20])
         )
-
-    expected = [path.name for path in images]
-    submission = output.assemble(expected) if cfg.submission else None
-    seconds = time.perf_counter() - started
-    result = {
-        "images": len(images),
-        "predicted_now": len(todo),
-        "skipped_unreadable": len(skipped),
-        "submission": str(submission) if submission else None,
-        "masks": str(mask_folder) if mask_folder else None,
-        "seconds": round(seconds, 2),
-        "images_per_second": round(len(todo) / seconds, 2) if todo else None,
-    }
+    output.claim(wait=float(cfg.lock_wait))
+    with output:
+        try:
+            result = _run(cfg, module, device, output, images, problems, size)
+        except DivergedError as err:
+            raise DivergedError(f"{ckpt_path}: {err}") from err
+    result["seconds"] = round(time.perf_counter() - started, 2)
+    result["images_per_second"] = (
+        round(result["predicted_now"] / result["seconds"], 2) if result["predicted_now"] else None
+    )
     print(json.dumps(result, indent=2))
     return result
+
+
+def _run(
+    cfg: DictConfig,
+    module: SegmentationModule,
+    device: torch.device,
+    output: Output,
+    images: list[Path],
+    problems: dict[str, str],
+    size: tuple[int, ...],
+) -> dict[str, Any]:
+    """The prediction proper, in a folder this process holds: the photos not yet committed, through
+    `SegmentationModule.predict_step` in `Trainer.predict`, into a `MaskWriter`."""
+    done = output.committed()
+    todo = images[done:]
+    log.info(
+        "predicting %d photos of %s (%d already done) into %s", len(todo), cfg.input, done, output.folder
+    )
+    workers = resolve_num_workers(cfg.data.num_workers)
+    dataset = PhotoDataset(todo, size, errors=problems)
+    loader = photo_loader(dataset, cfg.data.batch_size, workers, pin_memory=device.type == "cuda")
+    writer = MaskWriter(
+        output,
+        {path.name: path for path in images},
+        masks=cfg.masks,
+        submission=cfg.submission,
+        overlays=cfg.overlays,
+        on_error=cfg.on_error,
+        threads=cfg.writer_threads,
+        chunk_size=cfg.chunk_size,
+        done=done,
+    )
+    # Lightning's predict loop: measured as fast as a hand-written one on the CPU (docs/PERFORMANCE.md),
+    # and it brings its devices and precision plugins.
+    trainer = pl.Trainer(
+        accelerator=device.type,
+        devices=[device.index or 0] if device.type == "cuda" else 1,
+        precision=resolve_precision(cfg.precision, device.type),
+        callbacks=[writer],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.predict(module, dataloaders=loader, return_predictions=False)
+    submission = output.assemble([path.name for path in images]) if cfg.submission else None
+    return {
+        "images": len(images),
+        "predicted_now": len(todo),
+        "skipped_unreadable": len(writer.skipped),
+        "submission": str(submission) if submission else None,
+        "masks": str(writer.mask_folder) if writer.mask_folder else None,
+        "overlays": str(writer.overlay_folder) if writer.overlay_folder else None,
+    }
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="predict")

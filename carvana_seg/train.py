@@ -21,6 +21,8 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from carvana_seg.config import CONF_DIR
 from carvana_seg.core import distributed
+from carvana_seg.core.checkpoint import check_checkpoint
+from carvana_seg.core.hparams import log_hyperparameters
 from carvana_seg.core.module import SegmentationModule
 from carvana_seg.core.precision import resolve_precision, uses_cuda
 from carvana_seg.core.run_config import RunConfig
@@ -35,18 +37,6 @@ def write_json(path: Path, content: dict[str, Any]) -> None:
     path.write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
 
 
-def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested config to {"a/b/c": value}, the flat form TensorBoard's hparams view wants."""
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{name}/"))
-        else:
-            flat[name] = value if isinstance(value, int | float | str | bool) else str(value)
-    return flat
-
-
 def _number(value: Any) -> float | None:
     value = float(value.item() if isinstance(value, torch.Tensor) else value)
     return value if math.isfinite(value) else None
@@ -56,6 +46,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit the configured network on the configured data; return (and save) the final metrics."""
     started = time.perf_counter()
     output_dir = Path(cfg.paths.output_dir)
+    # A checkpoint to resume from is checked first: a missing, cut-short, foreign or diverged file stops the
+    # run here, not after the data set-up when training has started.
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path:
+        ckpt_path = str(check_checkpoint(ckpt_path))
     pl.seed_everything(cfg.seed, workers=True)
     distributed.share_machine(cfg.get("torch_threads"))  # sweep jobs side by side: each to its share
     if uses_cuda(cfg.trainer.get("accelerator", "auto")):
@@ -86,8 +81,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
     distributed.check_launch(trainer, bool(cfg.trainer.get("sync_batchnorm")))
     distributed.describe(trainer, cfg.data.batch_size)
-    for logger in trainer.loggers:
-        logger.log_hyperparams(_flatten(OmegaConf.to_container(cfg, resolve=True)))
+    log_hyperparameters(trainer.loggers, OmegaConf.to_container(cfg, resolve=True))
 
     log.info(
         "training %s with %s, precision %s, into %s",
@@ -96,7 +90,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         precision,
         output_dir,
     )
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    # NaN/inf in the loss, the validation logits or the weights stops fit with DivergedError (an InputError:
+    # exit 2) before a checkpoint of them is written (SegmentationModule.check_finite).
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path or None)
 
     metrics: dict[str, Any] = {k: _number(v) for k, v in trainer.callback_metrics.items()}
     checkpoint = trainer.checkpoint_callback

@@ -19,7 +19,6 @@ from carvana_seg.data.decode import read_image, read_mask
 from carvana_seg.errors import InputError
 from carvana_seg.evaluate import evaluate
 from carvana_seg.inference.error_panel import FALSE_NEGATIVE, FALSE_POSITIVE, error_panel, largest_error_box
-from carvana_seg.inference.forward import predict_logits
 from tests.conftest import CONF_DIR, write_carvana
 
 
@@ -49,7 +48,7 @@ def test_scores_are_computed_at_the_photos_full_size(trained, tmp_path):
     photo = torch.from_numpy(read_image(data / "train" / row["img"], (32, 48)).transpose(2, 0, 1).copy())[
         None
     ]
-    logits = to_full_size(predict_logits(module, photo), (64, 96))
+    logits = to_full_size(module.predict_logits(photo), (64, 96))
     target = torch.from_numpy(read_mask(data / "train_masks" / row["img"].replace(".jpg", "_mask.gif")))[
         None, None
     ]
@@ -77,7 +76,7 @@ def test_nearest_upsampling_scores_the_upscaled_binary_mask(trained, tmp_path):
     module = SegmentationModule.load_from_checkpoint(ckpt)
     row = next(csv.DictReader((tmp_path / "eval" / "per_image.csv").open()))
     photo = torch.from_numpy(read_image(data / "train" / row["img"], (32, 48)).transpose(2, 0, 1).copy())
-    small_mask = (predict_logits(module, photo[None]) > 0).float()
+    small_mask = (module.predict_logits(photo[None]) > 0).float()
     upscaled = torch.nn.functional.interpolate(small_mask, size=(64, 96), mode="nearest-exact").bool()
     target = read_mask(data / "train_masks" / row["img"].replace(".jpg", "_mask.gif"))
     expected = per_image_scores(upscaled, torch.from_numpy(target)[None, None].bool())["dice"].item()

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from carvana_seg.errors import InputError
+
 
 def _fp32(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     return logits.float(), target.float()
@@ -29,7 +31,7 @@ class BCELoss(nn.Module):
     def __init__(self, pos_weight: float | None = None, hard_fraction: float = 1.0) -> None:
         super().__init__()
         if not 0.0 < hard_fraction <= 1.0:
-            raise ValueError(f"loss.hard_fraction must be in (0, 1], got {hard_fraction}")
+            raise InputError(f"loss.hard_fraction must be in (0, 1], got {hard_fraction}")
         self.pos_weight = pos_weight
         self.hard_fraction = hard_fraction
 

@@ -21,15 +21,15 @@ from torch.optim import Optimizer
 from torchmetrics import MaxMetric, MeanMetric
 
 from carvana_seg.core.builder import LOSSES, MODELS, build
+from carvana_seg.core.checkpoint import CHECKPOINT_FORMAT, check_checkpoint, nonfinite_weights
 from carvana_seg.core.metrics import SegmentationScores
 from carvana_seg.core.run_config import RunConfig
 from carvana_seg.core.upsample import logit_threshold, to_full_size
-from carvana_seg.errors import InputError
+from carvana_seg.data.photos import batches_by_size
+from carvana_seg.errors import DivergedError, InputError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# Written into every checkpoint; checkpoints without it predate the hyperparameters that rebuild the net.
-CHECKPOINT_FORMAT = 2
 
 
 class SegmentationModule(pl.LightningModule):
@@ -70,7 +70,7 @@ class SegmentationModule(pl.LightningModule):
     ) -> None:
         super().__init__()
         if not 0.0 < threshold < 1.0:
-            raise ValueError(f"module.threshold must be in (0, 1), got {threshold}")
+            raise InputError(f"module.threshold must be in (0, 1), got {threshold}")
         built = [name for name, value in (("net", net), ("loss", loss)) if isinstance(value, nn.Module)]
         self.save_hyperparameters(ignore=["optimizer", "scheduler", *built])
         self.net = net if isinstance(net, nn.Module) else build(net, MODELS, "model")
@@ -97,6 +97,12 @@ class SegmentationModule(pl.LightningModule):
         self.val_dice_best.persistent(True)  # saved in checkpoints, so a resumed run keeps its best
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
+        # Device-side "became NaN/inf" flags of the training loss and the validation logits since the last
+        # check: set without a GPU-to-host sync per step, read once per validation and per epoch.
+        self.nonfinite: dict[str, Tensor] = {}
+        # How predict_step predicts; set by whoever predicts (the predict command, a user's script).
+        self.tta_hflip = False
+        self.predict_threshold: float | None = None
 
     def normalize(self, images: Tensor) -> Tensor:
         """uint8 (or 0..255 float) images to the network's normalised float input."""
@@ -109,6 +115,43 @@ class SegmentationModule(pl.LightningModule):
     def predict_mask(self, logits: Tensor) -> Tensor:
         """Binary car mask from logits at this module's threshold."""
         return logits > self.logit_threshold
+
+    @torch.no_grad()
+    def predict_logits(self, images: Tensor, tta_hflip: bool = False) -> Tensor:
+        """fp32 logits (B, 1, h, w) at the input size; with `tta_hflip`, of the mean of the probabilities
+        of the photo and of its mirror image."""
+        logits = self(images).float()
+        if tta_hflip:
+            mirrored = self(images.flip(-1)).float().flip(-1)
+            probability = (torch.sigmoid(logits) + torch.sigmoid(mirrored)) / 2
+            logits = torch.logit(probability, eps=1e-7)
+        return logits
+
+    def predict_step(
+        self, batch: dict[str, Any], batch_idx: int = 0, dataloader_idx: int = 0
+    ) -> dict[str, Any]:
+        """Full-size masks of a batch of photos (`carvana_seg.data.photos.PhotoDataset` items): the
+        logits at the input size, brought to each photo's own size bilinearly, then thresholded.
+
+        Returns {"name": [...], "mask": [uint8 (H, W) array, or None for a photo that could not be
+        read], "error": [...]}. `self.tta_hflip` and `self.predict_threshold` (default: the module's
+        threshold) set how; a network that returns NaN/inf raises DivergedError naming the photos.
+        """
+        logits = self.predict_logits(batch["image"], self.tta_hflip)
+        if not bool(torch.isfinite(logits).all()):  # one reduction per batch: a broken model
+            raise DivergedError(
+                f"the network returns non-finite logits (NaN or inf) for {', '.join(batch['name'])}: "
+                "its weights are broken; no masks were written for these photos"
+            )
+        cut = logit_threshold(self.predict_threshold or self.hparams.threshold)
+        masks: list[Any] = [None] * len(batch["name"])
+        readable = [p for p, error in enumerate(batch["error"]) if not error]
+        for full_size, group in batches_by_size([batch["full_size"][p] for p in readable]):
+            positions = [readable[g] for g in group]
+            binary = (to_full_size(logits[positions], full_size) > cut).to(torch.uint8).cpu().numpy()
+            for row, position in enumerate(positions):
+                masks[position] = binary[row, 0]
+        return {"name": list(batch["name"]), "mask": masks, "error": list(batch["error"])}
 
     def _step(self, batch: dict[str, Tensor], scores: SegmentationScores) -> tuple[Tensor, Tensor]:
         logits = self(batch["image"])
@@ -123,6 +166,7 @@ class SegmentationModule(pl.LightningModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss, _ = self._step(batch, self.train_scores)
+        self._flag_nonfinite("the training loss", loss)
         # Not on the progress bar: Lightning turns progress-bar values into Python numbers after every
         # step, a GPU-to-host sync that starves the GPU's queue (measured: +18% epoch time on an H100).
         self.log("train/loss", loss, on_step=True, on_epoch=True, batch_size=len(batch["image"]))
@@ -131,13 +175,20 @@ class SegmentationModule(pl.LightningModule):
     def on_train_epoch_end(self) -> None:
         self.log_dict(self.train_scores.compute())
         self.train_scores.reset()
+        # Before ModelCheckpoint's on_train_epoch_end (Lightning calls monitoring callbacks after the module),
+        # where it saves when no validation ran this epoch.
+        self.check_finite()
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        loss, _ = self._step(batch, self.val_scores)
+        loss, logits = self._step(batch, self.val_scores)
+        self._flag_nonfinite("the validation logits", logits)
         self.val_loss.update(loss.detach(), weight=len(batch["image"]))
         self.log("val/loss", self.val_loss, on_epoch=True, prog_bar=True)
 
     def on_validation_epoch_end(self) -> None:
+        # Before ModelCheckpoint's on_validation_end, where best.ckpt and last.ckpt are written: NaN logits
+        # score a dice of 0, a finite number that would otherwise be saved as the best so far.
+        self.check_finite()
         # compute() already gathers the per-image sums of every DDP process: the result is global.
         scores = self.val_scores.compute()
         self.val_scores.reset()
@@ -163,7 +214,58 @@ class SegmentationModule(pl.LightningModule):
         scheduler = self.scheduler_factory(optimizer=optimizer, **filled)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def _flag_nonfinite(self, what: str, value: Tensor) -> None:
+        bad = ~torch.isfinite(value.detach()).all()
+        held = self.nonfinite.get(what)
+        self.nonfinite[what] = bad if held is None else held | bad
+
+    def check_finite(self) -> None:
+        """Raise DivergedError if the training loss or the validation logits were NaN/inf since the last
+        check, or the weights are now: one GPU-to-host sync, agreed by every DDP process."""
+        flags, self.nonfinite = self.nonfinite, {}
+        trainer = self._trainer
+        if trainer is not None and getattr(trainer.precision_plugin, "scaler", None) is not None:
+            # 16-mixed: the gradient scaler skips the steps whose loss overflowed, by design.
+            flags.pop("the training loss", None)
+        weights = [p.detach() for p in self.net.parameters() if p.is_floating_point()]
+        if weights:
+            flags["the weights"] = ~torch.stack([torch.isfinite(w).all() for w in weights]).all()
+        if not flags:
+            return
+        names = list(flags)
+        found = torch.stack([flags[name].to(weights[0].device if weights else "cpu") for name in names])
+        if trainer is not None:
+            found = trainer.strategy.reduce(found.float(), reduce_op="max")
+        bad = [name for name, flag in zip(names, found.tolist(), strict=True) if flag]
+        if bad:
+            raise DivergedError(self._divergence_message(bad))
+
+    def _divergence_message(self, bad: list[str]) -> str:
+        trainer = self._trainer
+        where, good, rate = "", "", ""
+        if trainer is not None:
+            where = f" in epoch {trainer.current_epoch} (step {trainer.global_step})"
+            callback = trainer.checkpoint_callback
+            saved = getattr(callback, "last_model_path", "") or getattr(callback, "best_model_path", "")
+            good = f"; the last good one is {saved}" if saved else ""
+            if trainer.optimizers:
+                rate = f" (now {trainer.optimizers[0].param_groups[0]['lr']:g})"
+        listed = " and ".join([", ".join(bad[:-1]), bad[-1]] if len(bad) > 1 else bad)
+        return (
+            f"training diverged{where}: {listed} became NaN/inf. No checkpoint of these weights "
+            f"was written{good}. Lower optimizer.lr{rate}, choose a gentler scheduler, or train in full "
+            "precision (trainer.precision=32-true)"
+        )
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The last line of defence, whatever saves (a mid-epoch ModelCheckpoint, an exception handler): a
+        # checkpoint of NaN weights is never written.
+        bad = nonfinite_weights(checkpoint.get("state_dict", {}))
+        if bad:
+            raise DivergedError(
+                f"not saving a checkpoint in epoch {checkpoint.get('epoch')}: the weights hold NaN/inf "
+                f"({', '.join(bad[:3])}): the run diverged; lower optimizer.lr"
+            )
         checkpoint["carvana_seg_format"] = CHECKPOINT_FORMAT
 
     @classmethod
@@ -174,10 +276,10 @@ class SegmentationModule(pl.LightningModule):
 
         Lightning's own loader, restricted to tensors and plain values (`weights_only`); the network
         and loss are rebuilt from the saved hyperparameters (only the project's classes) unless given
-        in `kwargs`. A file that is missing, unreadable or of an older format raises InputError.
+        in `kwargs`. A file that is missing, unreadable, of an older format or of NaN/inf weights raises
+        InputError.
         """
-        path = Path(checkpoint_path).expanduser()
-        _check_format(path)
+        path = check_checkpoint(checkpoint_path)
         try:
             module = super().load_from_checkpoint(
                 path, map_location=map_location, weights_only=True, **kwargs
@@ -185,28 +287,3 @@ class SegmentationModule(pl.LightningModule):
         except RuntimeError as err:  # load_state_dict: the weights do not fit the rebuilt network
             raise InputError(f"ckpt_path {path}: its weights do not fit its own model config: {err}") from err
         return module.eval()
-
-
-def _check_format(path: Path) -> None:
-    """Refuse, with what to do, a file that is not a checkpoint of this format (before building anything)."""
-    if not path.is_file():
-        raise InputError(f"ckpt_path {path} does not exist")
-    try:
-        # mmap: the tensors are not read here, only the small dictionaries around them.
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:  # torch raises many types for a file that is not a checkpoint
-        raise InputError(
-            f"ckpt_path {path} is not a readable PyTorch checkpoint ({type(err).__name__})"
-        ) from err
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise InputError(f"ckpt_path {path} is not a Lightning checkpoint (it has no state_dict)")
-    if "carvana_seg" in checkpoint and "carvana_seg_format" not in checkpoint:
-        raise InputError(
-            f"ckpt_path {path} was written by an earlier carvana_seg, whose checkpoints cannot rebuild their "
-            "network: retrain it with `python -m carvana_seg.train` (same overrides)"
-        )
-    if checkpoint.get("carvana_seg_format") != CHECKPOINT_FORMAT:
-        raise InputError(
-            f"ckpt_path {path} is not a carvana_seg checkpoint of format {CHECKPOINT_FORMAT} "
-            "(checkpoints written by `python -m carvana_seg.train` are)"
-        )

@@ -18,6 +18,7 @@ from carvana_seg.data.cache import open_or_build
 from carvana_seg.data.dataset import CarvanaDataset, seed_worker_augmentation, train_augmentation
 from carvana_seg.data.labelled import MASK_SOURCES, MaskSource, labelled_samples
 from carvana_seg.data.layout import MASK_CSV, split_by_car
+from carvana_seg.data.photos import PhotoDataset, photo_loader
 from carvana_seg.data.sample import Sample
 from carvana_seg.errors import DataError
 
@@ -212,6 +213,15 @@ class CarvanaDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, self.batch_size, shuffle=True)
+
+    def predict_dataloader(self) -> DataLoader:
+        """The validation photos for `Trainer.predict`: each at the input size with its name and full size
+        (`PhotoDataset`), so that `SegmentationModule.predict_step` gives full-size masks."""
+        if self.val_set is None:
+            raise RuntimeError("call setup() before asking for a dataloader")
+        photos = PhotoDataset([s.image for s in self.val_set.samples], self.image_size)
+        pin = self.pin_memory and torch.cuda.is_available()
+        return photo_loader(photos, self.val_batch_size, self.num_workers, pin_memory=pin)
 
     def val_dataloader(self) -> DataLoader:
         # Under DDP every validation image is scored once, by one process (see carvana_seg.core.distributed).

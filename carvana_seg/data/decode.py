@@ -5,16 +5,23 @@ JPEGs go through OpenCV, whose libjpeg-turbo can decode straight to 1/2, 1/4 or 
 (much cheaper than decoding 1918x1280 and shrinking); the last step to the exact size uses area
 interpolation. Masks go through PIL, which reads the Kaggle GIFs about 3x faster than OpenCV, and are
 resized with exact nearest-neighbour sampling so they stay binary.
+
+Every file is read as stored: an EXIF orientation tag is ignored by OpenCV as PIL ignores it, so a
+photo, its header size and its mask (Kaggle's masks are in the stored orientation) always agree. A file
+cut short is an error, never half a photo: OpenCV decodes a truncated JPEG into grey with only a
+warning, so `read_image` checks the format's end marker first (`check_complete` does the same from the
+last bytes alone, for the set-up check of every file).
 """
 
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from carvana_seg.errors import DataError
 
@@ -23,44 +30,240 @@ _REDUCED_FLAGS = (
     (4, cv2.IMREAD_REDUCED_COLOR_4),
     (2, cv2.IMREAD_REDUCED_COLOR_2),
 )
-_JPEG_SUFFIXES = {".jpg", ".jpeg"}
+# What PIL raises on a damaged or hostile file: OSError (UnidentifiedImageError, "image file is
+# truncated"), SyntaxError ("broken PNG file"), EOFError, and DecompressionBombError, which is no OSError.
+_PIL_ERRORS = (OSError, SyntaxError, EOFError, Image.DecompressionBombError)
+_JPEG, _PNG, _GIF = b"\xff\xd8", b"\x89PNG\r\n\x1a\n", b"GIF8"
+_PNG_END = b"IEND\xaeB`\x82"  # the IEND chunk's type and CRC: the last 8 bytes of every whole PNG
+_TAIL = 4096  # bytes read from the end of a JPEG or PNG for its end marker
 
 
-def image_size(path: str | Path) -> tuple[int, int]:
-    """(height, width) of an image or mask file, read from its header only."""
+def image_size(path: str | Path, data: bytes | None = None) -> tuple[int, int]:
+    """(height, width) of an image or mask file, read from its header only (from `data`, the file's
+    bytes, when the caller has them already)."""
     try:
-        with Image.open(path) as img:
+        with Image.open(io.BytesIO(data) if data is not None else path) as img:
             width, height = img.size
-    except (OSError, UnidentifiedImageError) as err:
+    except _PIL_ERRORS as err:
         raise DataError(f"cannot read image file {path}: {err}") from err
     return height, width
 
 
+def _gif_end(data: bytes) -> str | None:
+    """Why the GIF `data` is not whole, or None: walks the blocks (a Kaggle mask: ~25 of them) to the
+    trailer 0x3B. A file that ends right after a whole image, with only the trailer missing, passes."""
+    size, pos, images = len(data), 13, 0
+    if size < 13:
+        return "is truncated: it ends inside its GIF header"
+    if data[10] & 0x80:
+        pos += 3 << ((data[10] & 7) + 1)  # the global colour table
+    while pos < size:
+        block = data[pos]
+        if block == 0x3B:
+            return None
+        if block == 0x2C:  # an image: descriptor, local colour table, LZW code size, data sub-blocks
+            if pos + 10 > size:
+                break
+            packed = data[pos + 9]
+            pos += 11 + ((3 << ((packed & 7) + 1)) if packed & 0x80 else 0)
+            images += 1
+        elif block == 0x21:  # an extension: label, then sub-blocks
+            pos += 2
+        else:
+            return f"is damaged: an unknown GIF block {block:#04x} at byte {pos}"
+        while pos < size and data[pos]:
+            pos += data[pos] + 1
+        pos += 1  # the block terminator
+    if pos == size and images:
+        return None
+    return "is truncated: its GIF data ends early (no trailer 0x3B)"
+
+
+def _end_problem(head: bytes, tail: bytes) -> str | None:
+    """Why a file that starts with `head` and ends with `tail` (a GIF: the whole file) is cut short,
+    or None. JPEG: the end-of-image marker FFD9, then only padding (0x00 or 0xFF); PNG: the IEND chunk;
+    GIF: whole blocks up to the trailer. Other formats are not checked."""
+    if head.startswith(_JPEG):
+        if not tail.rstrip(b"\x00\xff").endswith(b"\xff\xd9"):
+            return "is truncated: it does not end with the JPEG end-of-image marker FFD9"
+    elif head.startswith(_PNG):
+        if not tail.rstrip(b"\x00").endswith(_PNG_END):
+            return "is truncated: it does not end with the PNG end chunk IEND"
+    elif head.startswith(_GIF):
+        return _gif_end(tail)
+    return None
+
+
+def check_complete(path: str | Path) -> None:
+    """Raise a DataError naming `path` when the file is cut short (an interrupted download or copy).
+
+    Cheap: the first bytes and the last 4 KiB of a JPEG or PNG (~20 us), a GIF mask's few KiB whole.
+    A truncated file keeps its header, so `image_size` alone passes it.
+    """
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(16)
+            if head.startswith(_GIF):
+                tail = head + handle.read()
+            else:
+                end = handle.seek(0, os.SEEK_END)
+                handle.seek(max(0, end - _TAIL))
+                tail = handle.read()
+    except OSError as err:
+        raise DataError(f"cannot read image file {path}: {err}") from err
+    problem = _end_problem(head, tail)
+    if problem is not None:
+        raise DataError(f"image file {path} {problem}: fetch it again or remove it")
+
+
 def read_image(path: str | Path, size: tuple[int, int] | None = None) -> np.ndarray:
-    """RGB uint8 array (H, W, 3) of the photo at `path`, resized to `size` = (H, W) when given."""
+    """RGB uint8 array (H, W, 3) of the photo at `path`, resized to `size` = (H, W) when given.
+
+    The photo is decoded as stored (any EXIF orientation ignored, as in its header size and its mask);
+    a file cut short or damaged is a DataError naming it, never a partly grey photo.
+    """
     path = Path(path)
-    flag = cv2.IMREAD_COLOR
-    if size is not None and path.suffix.lower() in _JPEG_SUFFIXES:
-        full_h, full_w = image_size(path)
-        for factor, reduced in _REDUCED_FLAGS:
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as err:
+        raise DataError(f"cannot read image file {path}: {err}") from err
+    head = data[:16].tobytes()
+    problem = _end_problem(head, data.tobytes() if head.startswith(_GIF) else data[-_TAIL:].tobytes())
+    if problem is not None:
+        raise DataError(f"image file {path} {problem}: fetch it again or remove it")
+    full_h, full_w = image_size(path, data.tobytes())
+    flag, factor = cv2.IMREAD_COLOR, 1
+    if size is not None and head.startswith(_JPEG):
+        for candidate, reduced in _REDUCED_FLAGS:
             # Only factors that divide the full size: libjpeg rounds a reduced size up (1918 / 8 -> 240
             # pixels covering 1920), which would shift the photo against its mask by up to 2 pixels.
-            exact = full_h % factor == 0 and full_w % factor == 0
-            if exact and full_h // factor >= size[0] and full_w // factor >= size[1]:
-                flag = reduced
+            exact = full_h % candidate == 0 and full_w % candidate == 0
+            if exact and full_h // candidate >= size[0] and full_w // candidate >= size[1]:
+                flag, factor = reduced, candidate
                 break
-    bgr = cv2.imread(str(path), flag)
+    try:
+        bgr = cv2.imdecode(data, flag | cv2.IMREAD_IGNORE_ORIENTATION)
+    except cv2.error as err:
+        raise DataError(f"cannot decode image {path}: {err}") from err
     if bgr is None:
         raise DataError(f"cannot decode image {path}")
+    if bgr.shape[:2] != (full_h // factor, full_w // factor):
+        raise DataError(
+            f"image {path} decodes to {bgr.shape[1]}x{bgr.shape[0]}, its header says {full_w}x{full_h}"
+        )
     if size is not None and bgr.shape[:2] != tuple(size):
         bgr = cv2.resize(bgr, (size[1], size[0]), interpolation=cv2.INTER_AREA)
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)  # after the resize: fewer pixels to convert
 
 
-def binarize_mask(values: np.ndarray) -> np.ndarray:
-    """uint8 {0, 1} mask from stored values {0, 1} (Kaggle's palette GIFs) or {0, 255} (other copies)."""
-    threshold = 0 if values.max(initial=0) <= 1 else 127
-    return (values > threshold).astype(np.uint8)
+_IDENTITY = np.arange(256, dtype=np.uint8)
+_DARK, _BRIGHT = 64, 192  # below: dark; from: bright; between: grey, which no threshold can place
+_GREY_SHARE = 0.01  # at most this share of grey pixels (anti-aliased or resampled edges) is tolerated
+
+
+def binarize_mask(
+    values: np.ndarray,
+    brightness: np.ndarray | None = None,
+    path: str | Path | None = None,
+    grey_share: float = _GREY_SHARE,
+) -> np.ndarray:
+    """uint8 {0, 1} mask, 1 for the car, from the stored values of a mask (H, W) uint8.
+
+    `brightness` (256 uint8), when given, is the brightness of each value (a palette's colours); else a
+    value is its own brightness (grey levels). The rule, in terms of brightness:
+      - one value: car if it is not black (all car), else all background;
+      - two values: the brighter is the car (Kaggle's palette GIF {0: black, 1: white}, 0/1 and 0/255
+        greys, a red car on black, a car at any palette index painted in any non-black colour);
+      - more: dark (< 64) is background and bright (>= 192) car, provided there is some of each and at
+        most 1% of the pixels are grey in between (edges); anything else (a photo, a soft mask, class
+        labels 0/1/2) is refused with a DataError naming `path` (`grey_share`: the share tolerated).
+    Two stored values cost one comparison pass, as a plain threshold did.
+    """
+    if values.dtype != np.uint8:  # bool, or wider integers holding 0..255
+        values = np.clip(values, 0, 255).astype(np.uint8)
+    brightness = _IDENTITY if brightness is None else brightness
+    low, high = int(values.min(initial=0)), int(values.max(initial=0))
+    between = high - low - 1  # stored values strictly between the lowest and the highest: one pass
+    if between <= 0 or not np.count_nonzero(values - np.uint8(low + 1) < np.uint8(between)):
+        if brightness[low] == brightness[high]:
+            return np.full(values.shape, brightness[low] > 0, np.uint8)
+        return (values == (high if brightness[high] > brightness[low] else low)).astype(np.uint8)
+    grey = values if brightness is _IDENTITY else cv2.LUT(values, brightness)
+    counts = cv2.calcHist([np.ascontiguousarray(grey)], [0], None, [256], [0, 256]).ravel()
+    car_from = _car_from(counts, path, grey_share)
+    if car_from > 255:
+        return np.zeros(grey.shape, np.uint8)
+    return (grey >= car_from).astype(np.uint8)
+
+
+def _car_from(counts: np.ndarray, path: str | Path | None, grey_share: float = _GREY_SHARE) -> int:
+    """The lowest brightness that is car (256: none), from the count of pixels at each brightness;
+    a DataError naming `path` when the mask is not two-coloured (the rule of `binarize_mask`)."""
+    levels = np.flatnonzero(counts)
+    if len(levels) == 0:
+        return 256
+    if len(levels) == 1:
+        return 1 if levels[0] > 0 else 256
+    if len(levels) == 2:
+        return int(levels[1])
+    share = float(counts[_DARK:_BRIGHT].sum() / counts.sum())
+    if levels[0] >= _DARK or levels[-1] < _BRIGHT or share > grey_share:
+        where = f"mask {path}" if path is not None else "mask"
+        raise DataError(
+            f"{where} is not a two-colour mask: {len(levels)} brightness levels from {levels[0]} to "
+            f"{levels[-1]}, {share:.1%} of the pixels grey (64..191), so no threshold can tell car from "
+            "background (a photo, a soft mask or class labels?): save it with a black background and a "
+            "white car"
+        )
+    return 128
+
+
+def _palette_brightness(img: Image.Image) -> np.ndarray:
+    """The brightness of each of a palette image's 256 indices (those past its palette: black), read
+    from the header: `getpalette` would decode the whole image first."""
+    palette = img.palette
+    if palette is not None and palette.rawmode is None and palette.mode in ("RGB", "RGBA"):
+        channels = len(palette.mode)
+        raw = np.frombuffer(bytes(palette.palette), np.uint8)
+        entries = raw[: len(raw) // channels * channels].reshape(-1, channels)[:256]
+    else:
+        entries = np.asarray(img.getpalette("RGB") or [0, 0, 0], np.uint8).reshape(-1, 3)[:256]
+    brightness = np.zeros(256, np.uint8)
+    brightness[: len(entries)] = entries[:, :3].max(axis=1)
+    if entries.shape[1] == 4:
+        brightness[: len(entries)] = (
+            brightness[: len(entries)].astype(np.uint16) * entries[:, 3] + 127
+        ) // 255
+    transparency = img.info.get("transparency")
+    if isinstance(transparency, int) and 0 <= transparency < 256:
+        brightness[transparency] = 0
+    elif isinstance(transparency, bytes):
+        alpha = np.frombuffer(transparency[:256], np.uint8)
+        brightness[: len(alpha)] = (brightness[: len(alpha)].astype(np.uint16) * alpha + 127) // 255
+    return brightness
+
+
+def _mask_values(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+    """(H, W) uint8 values of a mask image and, for a palette image, the brightness of each index.
+
+    Brightness is the brightest channel (a red car on black is car), scaled by opacity (a transparent
+    pixel is background): palettes through their colours, 16-bit and 32-bit greys scaled to 8 bits.
+    """
+    if img.mode == "P":
+        return np.asarray(img), _palette_brightness(img)
+    if img.mode == "L":
+        return np.asarray(img), None
+    if img.mode == "1":
+        return np.asarray(img).view(np.uint8), None
+    if img.mode in ("I", "F") or img.mode.startswith("I;16"):
+        wide = np.asarray(img).astype(np.float64)
+        top = float(wide.max(initial=0))
+        if top > 255:
+            wide *= 255 / (65535 if top <= 65535 else top)
+        return np.clip(np.rint(wide), 0, 255).astype(np.uint8), None
+    rgba = np.asarray(img.convert("RGBA"))
+    grey = cv2.max(cv2.max(rgba[..., 0], rgba[..., 1]), rgba[..., 2])
+    return cv2.multiply(grey, rgba[..., 3], scale=1 / 255), None
 
 
 def read_mask(
@@ -69,22 +272,55 @@ def read_mask(
     """uint8 {0, 1} mask (H, W) from a GIF or PNG, at the file's own size or resized to `size`;
     `expect_size` (H, W), when given, is the size the file must have (its photo's).
 
-    The resize happens inside PIL, before the pixels become a numpy array: copying a full 1918x1280
-    mask out of PIL costs more than decoding it. PIL's nearest filter samples pixel centres exactly
-    as `resize_mask` does, so both paths give identical masks.
+    Any reasonable encoding of a two-colour mask reads as car = 1 (see `binarize_mask` for the rule):
+    palette images through their palette's colours, RGB(A) by their brightest channel; a mask that is
+    not two-coloured is refused. The resize happens inside PIL, before the pixels become a numpy array:
+    copying a full 1918x1280 mask out of PIL costs more than decoding it. PIL's nearest filter samples
+    pixel centres exactly as `resize_mask` does, so both paths give identical masks.
     """
     try:
         with Image.open(path) as img:
-            if expect_size is not None and (img.size[1], img.size[0]) != tuple(expect_size):
-                raise DataError(f"mask {path} is {img.size[1]}x{img.size[0]}, its photo {tuple(expect_size)}")
-            if img.mode not in ("P", "L", "1"):
-                img = img.convert("L")
-            if size is not None and img.size != (size[1], size[0]):
-                img = img.resize((size[1], size[0]), Image.Resampling.NEAREST)
-            values = np.asarray(img)
-    except (OSError, UnidentifiedImageError) as err:
+            stored = (img.size[1], img.size[0])
+            if expect_size is None or stored == tuple(expect_size):
+                if size is not None and img.size != (size[1], size[0]):
+                    img = img.resize((size[1], size[0]), Image.Resampling.NEAREST)
+                values, brightness = _mask_values(img)
+    except _PIL_ERRORS as err:
         raise DataError(f"cannot read mask file {path}: {err}") from err
-    return binarize_mask(values)
+    if expect_size is not None and stored != tuple(expect_size):
+        raise DataError(f"mask {path} is {stored[0]}x{stored[1]}, its photo {tuple(expect_size)}")
+    return binarize_mask(values, brightness, path)
+
+
+def _brightness_counts(img: Image.Image) -> np.ndarray:
+    """The number of pixels at each brightness 0..255 of a mask image, counted by PIL (no copy out)."""
+    if img.mode in ("L", "1"):
+        return np.asarray(img.histogram(), np.float64)
+    if img.mode == "P":
+        by_index = np.asarray(img.histogram(), np.float64)
+        return np.bincount(_palette_brightness(img), weights=by_index, minlength=256)
+    values, _ = _mask_values(img)
+    return np.bincount(values.ravel(), minlength=256).astype(np.float64)
+
+
+def check_mask(path: str | Path) -> tuple[int, int]:
+    """(H, W) of a mask file, checked to read as a two-colour mask (a DataError naming it otherwise).
+
+    Free for 1-bit files and palette files whose palette has at most two brightness levels (Kaggle's
+    GIFs, `encode_mask`'s): their header proves it. Other files (grey or RGB PNGs) are decoded once
+    (~8 ms for 1918x1280), with half the grey share `read_mask` tolerates, so that a mask that passed
+    here is not refused later when it is read at another size.
+    """
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            proven = img.mode == "1" or (img.mode == "P" and len(np.unique(_palette_brightness(img))) <= 2)
+            counts = None if proven else _brightness_counts(img)
+    except _PIL_ERRORS as err:
+        raise DataError(f"cannot read mask file {path}: {err}") from err
+    if counts is not None:
+        _car_from(counts, path, _GREY_SHARE / 2)
+    return height, width
 
 
 def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -4,19 +4,22 @@
     ROOT/train_masks/<car_id>_<NN>_mask.gif    (palette GIF {0, 1}; PNG and 0/255 are accepted too)
     ROOT/train_masks.csv                       (the same masks run-length encoded; optional)
 
-Every check here runs before training starts, and every error names the files it is about.
+Every check here runs before training starts, and every error names the files it is about. Names that
+start with a dot (macOS's `._x.jpg` resource forks, `.DS_Store`) are not photos and are skipped.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from carvana_seg.data.decode import image_size
+from carvana_seg.data.decode import check_complete, check_mask, image_size
 from carvana_seg.data.sample import Sample
 from carvana_seg.errors import DataError
 
@@ -98,24 +101,54 @@ def find_samples(root: str | Path, image_dir: str | None = None, labelled: bool 
     return [Sample(images[key], masks.get(key), key[0], key[1]) for key in sorted(images)]
 
 
-def check_pairs(samples: Sequence[Sample]) -> None:
-    """Read every image's and mask's header: unreadable files and size mismatches stop here."""
+def _check_pair(sample: Sample) -> tuple[tuple[int, int] | None, list[str], str | None]:
+    """One sample's photo size (None if unreadable), its files' problems, and a size mismatch."""
+    sizes: list[tuple[int, int] | None] = []
+    problems: list[str] = []
+    for path in (sample.image, sample.mask):
+        if path is None:
+            continue
+        try:
+            check_complete(path)
+            sizes.append(image_size(path) if path == sample.image else check_mask(path))
+        except DataError as err:
+            problems.append(str(err))
+            sizes.append(None)
+    size = sizes[0]
+    mask_size = sizes[1] if len(sizes) > 1 else size
+    mismatch = None
+    if size is not None and mask_size is not None and mask_size != size:
+        mismatch = f"{sample.mask} is {mask_size}, {sample.image} is {size}"
+    return size, problems, mismatch
+
+
+def check_pairs(samples: Sequence[Sample]) -> dict[Path, tuple[int, int]]:
+    """Read every image's and mask's header, check that each file is whole (its format's end marker,
+    see `check_complete`) and each mask two-coloured (`check_mask`: free for Kaggle's GIFs, a decode
+    for other masks): unreadable, truncated or not two-coloured files and size mismatches stop here.
+    Returns the (H, W) of every image. Files are checked by a few threads (decoding and reading
+    release the GIL): ~0.13 ms per Kaggle pair."""
     unreadable: list[str] = []
     mismatched: list[str] = []
-    for sample in samples:
-        try:
-            size = image_size(sample.image)
-            mask_size = size if sample.mask is None else image_size(sample.mask)
-            if mask_size != size:
-                mismatched.append(f"{sample.mask} is {mask_size}, {sample.image} is {size}")
-        except DataError as err:
-            unreadable.append(str(err))
+    sizes: dict[Path, tuple[int, int]] = {}
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        for sample, (size, problems, mismatch) in zip(
+            samples, pool.map(_check_pair, samples, chunksize=32), strict=True
+        ):
+            unreadable += problems
+            if mismatch is not None:
+                mismatched.append(mismatch)
+            if size is not None:
+                sizes[sample.image] = size
     if unreadable:
-        raise DataError(f"{len(unreadable)} unreadable files:{listing(unreadable)}")
+        raise DataError(
+            f"{len(unreadable)} unreadable, truncated or not two-coloured files:{listing(unreadable)}"
+        )
     if mismatched:
         raise DataError(
             f"{len(mismatched)} masks whose size (H, W) differs from their image's:{listing(mismatched)}"
         )
+    return sizes
 
 
 def split_by_car(

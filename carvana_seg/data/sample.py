@@ -38,13 +38,14 @@ def load_sample(
     (default: `size`; larger for training against finer masks than the photos).
 
     The mask is {0, 1}, resized nearest-neighbour; with `soft`, it is the share of car in each pixel,
-    0..255, area-averaged from the full-size mask (see `mask_coverage`).
+    0..255, area-averaged from the full-size mask (see `mask_coverage`). Every error is a DataError
+    naming the file (or, for a run-length mask, the image) it is about.
     """
     mask_size = mask_size or size
     full_size = image_size(sample.image)
     image = read_image(sample.image, size)
     if rle_masks is not None:
-        mask = rle.decode(rle_masks[sample.name], full_size)
+        mask = rle.decode(rle_masks[sample.name], full_size, name=sample.image)
         return image, mask_coverage(mask, mask_size) if soft else resize_mask(mask, mask_size)
     if sample.mask is None:
         return image, None

@@ -1,4 +1,4 @@
-"""Running a trained network: the device, the autocast context, and logits with optional flip TTA.
+"""Running a trained network: the device and the autocast context of the chosen precision.
 
 Full size is where Kaggle scored: the network runs at its training size, its logits are resized
 bilinearly to the photo's own size (1280x1918 for Carvana) and only then thresholded
@@ -11,9 +11,7 @@ from __future__ import annotations
 import contextlib
 
 import torch
-from torch import Tensor
 
-from carvana_seg.core.module import SegmentationModule
 from carvana_seg.core.precision import resolve_precision
 from carvana_seg.errors import InputError
 
@@ -36,15 +34,3 @@ def autocast(device: torch.device, precision: str = "auto") -> contextlib.Abstra
     if device.type != "cuda" and dtype != torch.bfloat16:
         raise ValueError(f"precision {precision} needs CUDA; on the CPU use 32-true or bf16-mixed")
     return torch.autocast(device.type, dtype=dtype)
-
-
-@torch.no_grad()
-def predict_logits(module: SegmentationModule, images: Tensor, tta_hflip: bool = False) -> Tensor:
-    """fp32 logits (B, 1, h, w) at the input size; with `tta_hflip`, of the mean of the probabilities
-    of the photo and of its mirror image."""
-    logits = module(images).float()
-    if tta_hflip:
-        mirrored = module(images.flip(-1)).float().flip(-1)
-        probability = (torch.sigmoid(logits) + torch.sigmoid(mirrored)) / 2
-        logits = torch.logit(probability, eps=1e-7)
-    return logits

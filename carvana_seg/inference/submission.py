@@ -1,36 +1,77 @@
-"""The predict command's output folder: committed parts of the submission, its manifest, and the final
-`submission.csv.gz` assembled and checked row by row.
+"""The predict command's output folder: its lock, its manifest, the committed parts of the submission,
+and the final `submission.csv.gz` assembled and checked row by row.
 
-Killed at any point, a prediction continues where it stopped: rows are committed in parts (each a
-complete gzip member, renamed into place atomically) and the submission is the concatenation of the
-parts behind a header, so nothing is ever half-written.
+    OUTPUT/.predict.lock        held (POSIX `lockf`) by the one predict writing here; its pid inside
+    OUTPUT/predict.json         the run's options and its ordered list of photos
+    OUTPUT/.parts/part-*.csv.gz committed rows, each part a complete gzip member
+    OUTPUT/masks/               one mask file per photo
+    OUTPUT/submission.csv.gz    a header member followed by the parts, checked before it is renamed in
+
+One predict at a time: the lock is a POSIX record lock, so the kernel drops it when its holder dies
+(`kill -9` included) and forked loader workers never inherit it; a second predict waits a bounded
+time, naming the holder, then stops. Killed at any point, a prediction continues where it stopped:
+every file is written under a temporary name of its own process and thread, flushed to disk and
+renamed into place (then its folder flushed), so nothing is ever half-written. The committed rows are
+always a prefix of the manifest's photo list; rows that break that (duplicates or strays, as two
+concurrent runs of older versions could leave) are dropped when the folder is claimed and those
+photos predicted again, so a folder never wedges.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import io
 import json
+import logging
 import os
+import threading
+import zlib
 from pathlib import Path
 from typing import Any
 
+from carvana_seg.data.lock import LockTimeout, file_lock
+from carvana_seg.durable import fsync_dir
 from carvana_seg.errors import InputError
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "predict.json"
 PARTS = ".parts"
+MASKS = "masks"
+OVERLAYS = "overlays"
 SUBMISSION = "submission.csv.gz"
+LOCK = ".predict.lock"
+_TMP = ".tmp"
+_SHOWN = 5
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` whole or not at all: a temporary file renamed into place."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+def temporary_path(path: Path) -> Path:
+    """A hidden name beside `path` that belongs to this process and thread only."""
+    return path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}{_TMP}")
 
 
-def _gzip_member(rows: list[tuple[str, str]], header: bool = False) -> bytes:
+def atomic_write(path: Path, data: bytes, *, sync_folder: bool = True) -> None:
+    """Write `data` to `path` whole or not at all: a temporary file of this process and thread, flushed
+    to disk, renamed into place, then the folder flushed so that the rename is on disk too.
+    `sync_folder=False` leaves that last flush to the caller (predict flushes the masks folder once per
+    committed part rather than once per mask)."""
+    tmp = temporary_path(path)
+    try:
+        with tmp.open("wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if sync_folder:
+        fsync_dir(path.parent)
+
+
+def _gzip_member(rows: list[tuple[str, str]] | list[list[str]], header: bool = False) -> bytes:
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     if header:
@@ -40,53 +81,198 @@ def _gzip_member(rows: list[tuple[str, str]], header: bool = False) -> bytes:
     return gzip.compress(text.getvalue().encode(), compresslevel=6, mtime=0)
 
 
-class Output:
-    """The output folder: its manifest, the committed parts, the mask files and the final submission."""
+def _shown(names: list[str]) -> str:
+    more = f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else ""
+    return ", ".join(names[:_SHOWN]) + more
 
-    def __init__(self, folder: Path, manifest: dict[str, Any]) -> None:
+
+def photo_differences(before: list[str], now: list[str]) -> str:
+    """What changed between two ordered photo lists, in words (empty when nothing did)."""
+    if before == now:
+        return ""
+    old, new = set(before), set(now)
+    gone = [name for name in before if name not in new]
+    added = [name for name in now if name not in old]
+    said = []
+    if gone:
+        said.append(f"{len(gone)} photos of that run are no longer in the input: {_shown(gone)}")
+    if added:
+        said.append(f"{len(added)} photos are new: {_shown(added)}")
+    if not said:
+        at = next(i for i, (a, b) in enumerate(zip(before, now, strict=True)) if a != b)
+        said.append(f"the same photos in another order (row {at + 1} was {before[at]}, is now {now[at]})")
+    return "; ".join(said)
+
+
+class Output:
+    """The output folder of one prediction run: claimed (locked) by one predict at a time.
+
+    `manifest` holds the run's options; `photos` the ordered image names, kept in the manifest so that
+    a rerun on a changed input (a photo renamed, added or removed) is refused naming what differs.
+    """
+
+    def __init__(self, folder: Path, manifest: dict[str, Any], photos: list[str]) -> None:
         self.folder = folder
         self.parts = folder / PARTS
-        self.manifest = manifest
+        self.masks = folder / MASKS
+        self.photos = list(photos)
+        self.manifest = {**manifest, "images": len(self.photos), "photos": self.photos}
+        self._held = contextlib.ExitStack()
 
-    def claim(self) -> None:
-        """Start or continue: a folder of another run (or of other files) is refused before any work."""
+    def check(self) -> None:
+        """Refuse a folder of another run (or of other files); reads only, writes nothing."""
+        if self.folder.exists() and not self.folder.is_dir():
+            raise InputError(f"output {self.folder} is a file, not a folder")
         path = self.folder / MANIFEST
         if path.exists():
-            previous = json.loads(path.read_text())
-            different = sorted(
-                k for k in set(previous) | set(self.manifest) if previous.get(k) != self.manifest.get(k)
-            )
-            if different:
+            try:
+                previous = json.loads(path.read_text())
+            except (OSError, ValueError) as err:
                 raise InputError(
-                    f"output {self.folder} holds the results of a different prediction run "
-                    f"(it differs in: {', '.join(different)}); choose another output folder or remove it"
-                )
-        elif self.folder.exists() and any(self.folder.iterdir()):
+                    f"output {self.folder}: cannot read its {MANIFEST} ({err}); remove the folder"
+                ) from err
+            self._compare(previous)
+        elif self.folder.is_dir() and not all(
+            self._ours_before_manifest(p.name) for p in self.folder.iterdir()
+        ):
             raise InputError(f"output {self.folder} is not empty and was not written by carvana_seg.predict")
-        self.parts.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, (json.dumps(self.manifest, indent=2, sort_keys=True) + "\n").encode())
 
-    def committed(self) -> set[str]:
-        names: set[str] = set()
-        for part in sorted(self.parts.glob("part-*.csv.gz")):
-            with gzip.open(part, "rt", newline="") as handle:
-                names.update(row[0] for row in csv.reader(handle))
-        return names
+    @staticmethod
+    def _ours_before_manifest(name: str) -> bool:
+        """What a predict killed while claiming an empty folder leaves: the lock, a manifest's temporary."""
+        return name == LOCK or (name.startswith(f".{MANIFEST}.") and name.endswith(_TMP))
+
+    def _compare(self, previous: dict[str, Any]) -> None:
+        legacy = "photos" not in previous  # written by a version that stored only the count
+        keys = set(previous) | set(self.manifest)
+        if legacy:
+            keys.discard("photos")
+        different = sorted(k for k in keys if previous.get(k) != self.manifest.get(k))
+        if not different:
+            return
+        detail = ""
+        if "photos" in different:
+            detail = f" ({photo_differences(list(previous['photos']), self.photos)})"
+        raise InputError(
+            f"output {self.folder} holds the results of a different prediction run "
+            f"(it differs in: {', '.join(different)}){detail}; choose another output folder or remove it"
+        )
+
+    def claim(self, wait: float = 0.0) -> None:
+        """Start or continue: take the folder's lock (waiting at most `wait` seconds for another
+        predict), refuse a folder of another run, clear what killed runs left half-done, write the
+        manifest. Nothing is created before the checks that can be made without the lock pass."""
+        self.check()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            lock = file_lock(self.folder / LOCK, timeout=wait, what=f"predict into {self.folder}")
+            self._held.enter_context(lock)
+        except LockTimeout as err:
+            raise InputError(
+                f"output {self.folder} is in use by another predict; wait for it to finish (or stop it) and "
+                f"run again, or choose another output folder. {err}"
+            ) from None
+        try:
+            self.check()  # again, under the lock: another predict may have claimed it meanwhile
+            self._remove_temporaries()
+            path = self.folder / MANIFEST
+            text = json.dumps(self.manifest, indent=2, sort_keys=True) + "\n"
+            if not path.exists() or path.read_text() != text:
+                atomic_write(path, text.encode())  # first: a folder with a manifest is known to be ours
+            self.parts.mkdir(exist_ok=True)
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        self._held.close()
+
+    def __enter__(self) -> Output:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def _remove_temporaries(self) -> None:
+        """Temporary files of killed runs (no live writer can own one: this process holds the lock)."""
+        for folder in (self.folder, self.parts, self.masks):
+            if folder.is_dir():
+                with os.scandir(folder) as entries:
+                    for entry in entries:
+                        if entry.name.startswith(".") and entry.name.endswith(_TMP) and entry.is_file():
+                            Path(entry.path).unlink(missing_ok=True)
+
+    def _part_files(self) -> list[Path]:
+        return sorted(self.parts.glob("part-*.csv.gz"))
+
+    def committed(self) -> int:
+        """How many photos, from the first, the committed parts already hold.
+
+        The parts must hold a prefix of the photo list, in order, each photo once: a row that does not
+        continue it (a duplicate, a photo not in the list, a malformed row) is dropped from its part,
+        rewritten atomically, and its photo (if any) predicted again. Nothing valid is lost; a folder
+        left inconsistent by an older version is repaired instead of failing every rerun."""
+        done = 0
+        dropped: list[str] = []
+        for part in self._part_files():
+            try:
+                with gzip.open(part, "rt", newline="") as handle:
+                    rows = list(csv.reader(handle))
+            except (OSError, EOFError, zlib.error, csv.Error, UnicodeDecodeError) as err:
+                log.warning("%s cannot be read (%s): its photos will be predicted again", part, err)
+                part.unlink()
+                fsync_dir(self.parts)
+                continue
+            kept = []
+            for row in rows:
+                fits = done < len(self.photos) and len(row) == 2 and row[0] == self.photos[done]
+                if fits and len(row[1].split()) % 2 == 0:
+                    kept.append(row)
+                    done += 1
+                else:
+                    dropped.append(row[0] if row else "(empty row)")
+            if len(kept) == len(rows):
+                continue
+            if kept:
+                atomic_write(part, _gzip_member(kept))
+            else:
+                part.unlink()
+                fsync_dir(self.parts)
+        if dropped:
+            log.warning(
+                "dropped %d committed rows that did not continue the photo list (duplicates or strays): %s",
+                len(dropped),
+                _shown(dropped),
+            )
+        return done
 
     def commit(self, rows: list[tuple[str, str]]) -> None:
-        number = len(list(self.parts.glob("part-*.csv.gz")))
+        """Append rows as the next part, after flushing the mask files (and overlays) they stand for."""
+        for folder in (self.masks, self.folder / OVERLAYS):
+            if folder.is_dir():
+                fsync_dir(folder)
+        parts = self._part_files()
+        number = int(parts[-1].name.split("-")[1].split(".")[0]) + 1 if parts else 0
         atomic_write(self.parts / f"part-{number:06d}.csv.gz", _gzip_member(rows))
 
     def assemble(self, expected: list[str]) -> Path:
-        """Concatenate the parts behind a header into the submission, then check it row by row."""
+        """Concatenate the parts behind a header into the submission, check it row by row, then rename
+        it into place (flushed, like every file here)."""
         final = self.folder / SUBMISSION
-        tmp = self.folder / f".{SUBMISSION}.tmp"
-        with tmp.open("wb") as out:
-            out.write(_gzip_member([], header=True))
-            for part in sorted(self.parts.glob("part-*.csv.gz")):
-                out.write(part.read_bytes())
-        verify_submission(tmp, expected)
-        os.replace(tmp, final)
+        tmp = temporary_path(final)
+        try:
+            with tmp.open("wb") as out:
+                out.write(_gzip_member([], header=True))
+                for part in self._part_files():
+                    out.write(part.read_bytes())
+                out.flush()
+                os.fsync(out.fileno())
+            verify_submission(tmp, expected)
+            os.replace(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        fsync_dir(self.folder)
         return final
 
 

@@ -7,6 +7,7 @@ import contextlib
 import importlib.util
 import io
 import os
+import sys
 from collections.abc import Callable
 from importlib import metadata
 from typing import Any, Protocol
@@ -37,7 +38,8 @@ class KaggleApiLike(Protocol):
 
 
 def kaggle_api() -> KaggleApiLike:
-    """Import and authenticate kaggle's KaggleApi; any failure becomes a DownloadError with the fix."""
+    """Import and authenticate kaggle's KaggleApi; any failure becomes a DownloadError with the fix.
+    kaggle's warnings (e.g. that the API key file is readable by other users) are passed on to stderr."""
     noise = io.StringIO()  # kaggle prints its own (CLI-oriented) help; ours replaces it
     try:
         # Importing any kaggle module runs kaggle/__init__.py, which authenticates at import time:
@@ -69,7 +71,21 @@ def kaggle_api() -> KaggleApiLike:
         detail = "" if quiet else f" (kaggle said: {_first_line(err)})"
         message = f"no usable Kaggle credentials were found{detail}.\n{credentials_help()}"
         raise DownloadError(message) from None
+    finally:
+        relay_warnings(noise.getvalue())
     return api
+
+
+def relay_warnings(printed: str) -> None:
+    """Show on stderr, once each, the "Warning: ..." lines among what kaggle printed while its help text
+    was being kept off the screen: kaggle says so when ~/.kaggle/kaggle.json is readable by other users."""
+    shown: set[str] = set()
+    for line in printed.splitlines():
+        text = line.strip()
+        if not text.lower().startswith("warning:") or text in shown:
+            continue
+        shown.add(text)
+        print(f"warning: {text[len('warning:') :].strip()}", file=sys.stderr, flush=True)
 
 
 def call_api(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

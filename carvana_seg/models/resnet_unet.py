@@ -2,27 +2,50 @@
 
 The ResNet stem halves the resolution twice before its first block, so the expensive full-resolution
 convolutions of the plain U-Net are replaced by a decoder that brings the skip features (1/2, 1/4,
-... 1/32 of the input) back up. The encoder starts from random weights: nothing is downloaded at run
-time. ImageNet weights saved locally (e.g. torchvision's resnet34-b627a593.pth) load with
-`encoder_weights=PATH`.
+... 1/32 of the input) back up. The encoder starts from random weights unless `encoder_weights` is
+`imagenet` (torchvision's weights, downloaded once into torch's hub cache) or a local file of them
+(e.g. torchvision's resnet34-b627a593.pth).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from torchvision.models import resnet
+from torchvision.models import WeightsEnum, resnet
 
 from carvana_seg.errors import InputError
 from carvana_seg.models.unet import DoubleConv, Up
 
 _ENCODERS = {
-    "resnet18": (resnet.resnet18, (64, 64, 128, 256, 512)),
-    "resnet34": (resnet.resnet34, (64, 64, 128, 256, 512)),
-    "resnet50": (resnet.resnet50, (64, 256, 512, 1024, 2048)),
+    "resnet18": (resnet.resnet18, resnet.ResNet18_Weights, (64, 64, 128, 256, 512)),
+    "resnet34": (resnet.resnet34, resnet.ResNet34_Weights, (64, 64, 128, 256, 512)),
+    "resnet50": (resnet.resnet50, resnet.ResNet50_Weights, (64, 256, 512, 1024, 2048)),
 }
+
+
+def torchvision_weights(encoder: str, name: str) -> WeightsEnum | None:
+    """torchvision's weights that `name` means ("imagenet": its best ImageNet set; or an exact name
+    such as IMAGENET1K_V1), or None when `name` is a file path."""
+    weights = _ENCODERS[encoder][1]
+    if name == "imagenet":
+        return weights.DEFAULT
+    return weights[name] if name in weights.__members__ else None
+
+
+def pretrained_backbone(build: Callable[..., resnet.ResNet], weights: WeightsEnum) -> resnet.ResNet:
+    """torchvision's ResNet with `weights`, downloaded into torch's hub cache the first time."""
+    file = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    try:
+        return build(weights=weights, progress=True)
+    except Exception as err:  # no network (URLError), a refused or cut download, a bad cached file
+        raise InputError(
+            f"model.encoder_weights: torchvision's {weights} could not be loaded "
+            f"({type(err).__name__}: {str(err)[:200]}). Without internet, fetch {weights.url} on another "
+            f"machine and either put it at {file} or pass it: model.encoder_weights=/path/to/file.pth"
+        ) from err
 
 
 def load_encoder_weights(encoder: nn.Module, path: str | Path) -> None:
@@ -30,9 +53,9 @@ def load_encoder_weights(encoder: nn.Module, path: str | Path) -> None:
     path = Path(path).expanduser()
     if not path.is_file():
         raise InputError(
-            f"model.encoder_weights: {path} does not exist. Nothing is downloaded at run time: save the "
-            "ImageNet weights there first (e.g. torchvision's resnet34-b627a593.pth), or set "
-            "model.encoder_weights=null to start from random weights"
+            f"model.encoder_weights: {path} does not exist: save the ImageNet weights there first (e.g. "
+            "torchvision's resnet34-b627a593.pth), set model.encoder_weights=imagenet to download them, "
+            "or null to start from random weights"
         )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -54,7 +77,9 @@ class ResNetUNet(nn.Module):
     Args:
         encoder: "resnet18", "resnet34" or "resnet50".
         decoder_channels: widths of the five decoder stages, from 1/16 up to full resolution.
-        encoder_weights: a local file of ImageNet weights for the encoder, or None for random ones.
+        encoder_weights: None (random), "imagenet" (torchvision's best ImageNet weights, downloaded
+            into torch's hub cache the first time), a torchvision name such as "IMAGENET1K_V1", or a
+            local file of the encoder's weights.
         in_channels, out_channels: image channels in, logits per pixel out.
     """
 
@@ -74,9 +99,10 @@ class ResNetUNet(nn.Module):
             raise InputError(f"model.encoder must be one of {sorted(_ENCODERS)}, got {encoder!r}")
         if len(decoder_channels) != 5:
             raise InputError(f"model.decoder_channels needs 5 widths, got {list(decoder_channels)}")
-        build, widths = _ENCODERS[encoder]
-        backbone = build(weights=None)
-        if encoder_weights:
+        build, _, widths = _ENCODERS[encoder]
+        named = torchvision_weights(encoder, encoder_weights) if encoder_weights else None
+        backbone = build(weights=None) if named is None else pretrained_backbone(build, named)
+        if encoder_weights and named is None:
             load_encoder_weights(backbone, encoder_weights)
         if in_channels != 3:
             backbone.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)

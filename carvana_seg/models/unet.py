@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from carvana_seg.errors import InputError
+
 
 class DoubleConv(nn.Module):
     """(conv3x3 -> [BN] -> ReLU) twice."""
@@ -95,7 +97,7 @@ class UNet(nn.Module):
     ) -> None:
         super().__init__()
         if depth < 1:
-            raise ValueError(f"model.depth must be at least 1, got {depth}")
+            raise InputError(f"model.depth must be at least 1, got {depth}")
         widths = [base_channels * 2**level for level in range(depth + 1)]
         self.inc = DoubleConv(in_channels, widths[0], batch_norm)
         self.downs = nn.ModuleList(Down(widths[i], widths[i + 1], batch_norm) for i in range(depth))

@@ -35,6 +35,7 @@ import numpy as np
 from carvana_seg.data import rle
 from carvana_seg.data.decode import encode_mask
 from carvana_seg.data.lock import file_lock
+from carvana_seg.durable import fsync_dir, fsync_tree
 from carvana_seg.errors import DataError
 from carvana_seg.synthetic.car import FULL_SIZE, VIEWS, Car
 from carvana_seg.synthetic.fleet import make_car
@@ -235,18 +236,20 @@ def ensure_dataset(
     if check():
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
-    with file_lock(root.parent / f".{root.name}.lock"):
+    with file_lock(root.parent / f".{root.name}.lock", what=f"generating {root.name}"):
         if check():  # another process finished it while this one waited
             return root
         tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:
             write_dataset(tmp, cars=cars, size=size, seed=seed, test_cars=test_cars)
             (tmp / SPEC_FILE).write_text(json.dumps(wanted, indent=2) + "\n")
+            fsync_tree(tmp)  # on disk before the name says it is there
             try:
                 os.rename(tmp, root)  # atomic; replaces root only if it is an empty folder
             except OSError:
                 if not check():  # someone without the lock got there first with the same set: fine
                     raise
+            fsync_dir(root.parent)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return root

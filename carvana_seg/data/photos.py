@@ -21,7 +21,9 @@ from carvana_seg.errors import DataError
 class PhotoDataset(Dataset):
     """Photos at the network's input size, with their name and full size and, when labelled, their
     mask at full and at input size. A file that cannot be read comes back as an item with `error`
-    set (instead of an exception in a DataLoader worker), so the caller decides: stop or skip."""
+    set (instead of an exception in a DataLoader worker), so the caller decides: stop or skip; so does
+    a photo listed in `errors` (name: why), which a check before the run found broken, without being
+    decoded (a truncated JPEG decodes without an error, into grey)."""
 
     def __init__(
         self,
@@ -29,11 +31,13 @@ class PhotoDataset(Dataset):
         size: Sequence[int],
         masks: Sequence[Path | None] | None = None,
         rle_masks: Mapping[str, str] | None = None,
+        errors: Mapping[str, str] | None = None,
     ) -> None:
         self.images = list(images)
         self.size = (int(size[0]), int(size[1]))
         self.masks = list(masks) if masks is not None else None
         self.rle_masks = rle_masks
+        self.errors = dict(errors or {})
 
     def __len__(self) -> int:
         return len(self.images)
@@ -42,6 +46,8 @@ class PhotoDataset(Dataset):
         path = self.images[index]
         item: dict[str, Any] = {"name": path.name, "index": index, "error": ""}
         try:
+            if path.name in self.errors:
+                raise DataError(self.errors[path.name])
             full_size = image_size(path)
             image = read_image(path, self.size)
             mask = self._mask(index, full_size)

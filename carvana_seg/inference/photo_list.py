@@ -1,0 +1,128 @@
+"""Which photos a prediction covers, in which order, and whether each is whole: a folder, one photo or
+a glob pattern, ordered by Kaggle's sample submission when there is one, every photo's header and end
+checked before any work starts."""
+
+from __future__ import annotations
+
+import csv
+import glob
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from tqdm import tqdm
+
+from carvana_seg.data.decode import check_complete, image_size
+from carvana_seg.errors import DataError, InputError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
+
+
+def read_sample(sample: Path) -> list[str]:
+    """The image names of a sample submission, in order; each at most once."""
+    if not sample.is_file():
+        raise InputError(f"sample_submission {sample} does not exist")
+    names: list[str] = []
+    first: dict[str, int] = {}
+    try:
+        with sample.open(newline="") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, None)
+            if header is None or not {"img", "rle_mask"} <= set(header):
+                raise InputError(f"{sample}: expected the columns 'img,rle_mask', found {header}")
+            column = header.index("img")
+            for row in reader:
+                if not any(row):
+                    continue
+                name = row[column].strip() if column < len(row) else ""
+                if not name:
+                    raise InputError(f"{sample}, line {reader.line_num}: the row has no image name")
+                if name in first:
+                    raise InputError(
+                        f"{sample}, line {reader.line_num}: {name} is listed again (first on line "
+                        f"{first[name]}); a submission has one row per photo"
+                    )
+                first[name] = reader.line_num
+                names.append(name)
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise InputError(f"cannot read sample_submission {sample}: {err}") from err
+    if not names:
+        raise InputError(f"sample_submission {sample} lists no photos")
+    return names
+
+
+def list_images(input_path: str | Path, sample_submission: Path | None, masks: str = "gif") -> list[Path]:
+    """The photos to predict, in the order of the submission: `input_path` is a folder of photos, one
+    photo, or a glob pattern (`/data/test/0cdf*.jpg`); the order is the sample submission's when given
+    (`input_path` then a folder), else by name.
+
+    Hidden files (`._x.jpg`: macOS resource forks) are left out, as training leaves them out. Two
+    photos that would write the same mask file (`x.jpg` and `x.png`) are refused, naming both."""
+    text = str(input_path)
+    pattern = any(char in text for char in "*?[")
+    if pattern:
+        candidates = [Path(p) for p in sorted(glob.glob(os.path.expanduser(text)))]
+    elif Path(text).expanduser().is_file():
+        candidates = [Path(text).expanduser()]
+    elif Path(text).expanduser().is_dir():
+        candidates = sorted(Path(text).expanduser().iterdir())
+    else:
+        raise InputError(f"input {text} is not a folder, a photo or a pattern that matches photos")
+    found = {
+        p.name: p.resolve()
+        for p in candidates
+        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
+    }
+    if sample_submission is None:
+        if not found:
+            raise InputError(f"input {text} holds no .jpg or .png photos")
+        images = [found[name] for name in sorted(found)]
+    else:
+        if pattern or not Path(text).expanduser().is_dir():
+            raise InputError(f"sample_submission needs input to be the folder of its photos, got {text}")
+        names = read_sample(sample_submission)
+        missing = [name for name in names if name not in found]
+        if missing:
+            raise InputError(
+                f"{len(missing)} photos listed in {sample_submission} are not in {text}, e.g. {missing[:5]}"
+            )
+        images = [found[name] for name in names]
+    if masks != "none":
+        by_stem: dict[str, Path] = {}
+        for path in images:
+            other = by_stem.setdefault(path.stem, path)
+            if other != path:
+                raise InputError(
+                    f"{other} and {path} would both write the mask {path.stem}_mask.{masks}: "
+                    "rename or remove one of them"
+                )
+    return images
+
+
+def photo_problem(path: Path) -> str:
+    """Why a photo cannot be used, from its header and its last bytes, or "" when it looks whole (a
+    photo cut short keeps a readable header; `check_complete` looks for the format's end marker)."""
+    try:
+        image_size(path)
+        check_complete(path)
+    except DataError as err:
+        return str(err)
+    return ""
+
+
+def check_headers(images: list[Path]) -> dict[str, str]:
+    """Check every photo (header and end) before the long work starts: {name: why} of the bad ones."""
+    problems: dict[str, str] = {}
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        found = pool.map(photo_problem, images, chunksize=64)
+        for path, problem in tqdm(
+            zip(images, found, strict=True),
+            total=len(images),
+            desc="check photos",
+            unit="img",
+            dynamic_ncols=True,
+            disable=len(images) < 2000,
+        ):
+            if problem:
+                problems[path.name] = problem
+    return problems

@@ -1,0 +1,174 @@
+"""What happens after the network, for both ways of predicting: each batch's full-size masks become
+mask files, overlay pictures and run-length rows, written by a few threads while the next batch is
+computed, and committed in parts of the predict output folder (`inference.submission.Output`).
+
+`MaskWriter` is a Lightning `BasePredictionWriter`: `Trainer.predict(module, loader, callbacks=[writer])`
+drives it through its hooks, and the predict command's own loop calls the same `open`, `write` and
+`close`, so the files are the same whichever loop ran.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import BasePredictionWriter
+from tqdm import tqdm
+
+from carvana_seg.data import rle
+from carvana_seg.data.decode import encode_mask, read_image
+from carvana_seg.errors import DataError
+from carvana_seg.inference.overlay import outline_overlay
+from carvana_seg.inference.submission import OVERLAYS, Output, atomic_write
+
+log = logging.getLogger(__name__)
+
+UNREADABLE = "unreadable.txt"
+
+
+class MaskWriter(BasePredictionWriter):
+    """Writes `SegmentationModule.predict_step`'s results into `output`.
+
+    Args:
+        output: the claimed output folder.
+        photos: every photo's path by name (for overlays, which redraw the photo at full size).
+        masks: "gif", "png" or "none": the mask files.
+        submission: run-length encode every mask for the submission.
+        overlays: also write OUTPUT/overlays/<photo>.jpg, the photo with the mask's outline.
+        on_error: "stop" raises on a photo that could not be read; "skip" gives it an empty row.
+        threads: writer threads; chunk_size: rows per committed part.
+        done: photos already committed by an earlier run (where the progress bar starts).
+    """
+
+    def __init__(
+        self,
+        output: Output,
+        photos: Mapping[str, Path],
+        masks: str = "gif",
+        submission: bool = True,
+        overlays: bool = False,
+        on_error: str = "stop",
+        threads: int = 4,
+        chunk_size: int = 256,
+        done: int = 0,
+    ) -> None:
+        super().__init__(write_interval="batch")
+        self.output = output
+        self.photos = photos
+        self.mask_format = masks
+        self.mask_folder = None if masks == "none" else output.masks
+        self.overlay_folder = output.folder / OVERLAYS if overlays else None
+        self.submission = submission
+        self.on_error = on_error
+        self.threads = threads
+        self.chunk_size = chunk_size
+        self.done = done
+        self.skipped: list[str] = []
+        self._rows: list[tuple[str, str]] = []
+        self._pending: deque[Future] = deque()
+        self._pool: ThreadPoolExecutor | None = None
+        self._progress: tqdm | None = None
+
+    def open(self) -> None:
+        for folder in (self.mask_folder, self.overlay_folder):
+            if folder is not None:
+                folder.mkdir(exist_ok=True)
+        self._pool = ThreadPoolExecutor(max_workers=self.threads)
+        total = len(self.photos)
+        self._progress = tqdm(total=total, initial=self.done, desc="predict", unit="img", dynamic_ncols=True)
+
+    def write(self, prediction: Mapping[str, Any]) -> None:
+        """Hand one batch's masks to the threads; keep at most two batches in flight (bounded memory)."""
+        assert self._pool is not None, "open() the writer first"
+        for name, mask, error in zip(
+            prediction["name"], prediction["mask"], prediction["error"], strict=True
+        ):
+            if error:
+                if self.on_error == "stop":
+                    raise DataError(f"{error} (on_error=skip gives it an empty mask)")
+                self.skipped.append(error)
+                empty: Future = Future()
+                empty.set_result((name, ""))
+                self._pending.append(empty)
+                continue
+            self._pending.append(self._pool.submit(self._finish, name, mask))
+        self._drain(keep=2 * len(prediction["name"]))
+
+    def close(self) -> None:
+        """Commit every remaining row and list the photos that were skipped."""
+        self._drain(keep=0)
+        if self._rows:
+            self.output.commit(self._rows)
+            self._rows = []
+        self.abort()
+        if self.skipped:
+            path = self.output.folder / UNREADABLE
+            known = path.read_text().splitlines() if path.exists() else []  # a resumed run keeps them
+            atomic_write(path, ("\n".join(dict.fromkeys([*known, *self.skipped])) + "\n").encode())
+            log.warning("%d unreadable photos got empty masks; listed in %s", len(self.skipped), path)
+
+    def abort(self) -> None:
+        """Stop the threads; rows not yet committed are predicted again by the next run."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        if self._progress is not None:
+            self._progress.close()
+            self._progress = None
+
+    def _drain(self, keep: int) -> None:
+        while len(self._pending) > keep:
+            self._rows.append(self._pending.popleft().result())
+            if self._progress is not None:
+                self._progress.update(1)
+            if len(self._rows) >= self.chunk_size:
+                self.output.commit(self._rows)
+                self._rows = []
+
+    def _finish(self, name: str, mask: np.ndarray) -> tuple[str, str]:
+        """Off the main thread: the mask file and the overlay (each written atomically; their folders
+        are flushed before the part that holds the row is committed), and the run-length row."""
+        stem = Path(name).stem
+        if self.mask_folder is not None:
+            path = self.mask_folder / f"{stem}_mask.{self.mask_format}"
+            atomic_write(path, encode_mask(mask, self.mask_format), sync_folder=False)
+        if self.overlay_folder is not None:
+            picture = outline_overlay(read_image(self.photos[name]), mask)
+            ok, jpeg = cv2.imencode(
+                ".jpg", cv2.cvtColor(picture, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90]
+            )
+            if not ok:
+                raise RuntimeError(f"JPEG encoding of the overlay of {name} failed")
+            atomic_write(self.overlay_folder / f"{stem}.jpg", jpeg.tobytes(), sync_folder=False)
+        return name, rle.encode(mask) if self.submission else ""
+
+    # Lightning's hooks: Trainer.predict drives the same three steps.
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.open()
+
+    def write_on_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        prediction: Any,
+        batch_indices: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self.write(prediction)
+
+    def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.close()
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        self.abort()

@@ -1,0 +1,423 @@
+"""predict under faults: two runs into one folder, kills at random points, a changed input between runs,
+a folder left inconsistent by an older version, bad options and photos, a network that returns NaN.
+
+Real files and real processes throughout: `python -m carvana_seg.predict` in subprocesses, `kill -9`,
+SIGSTOP to hold a run still while it holds its output folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from hydra import compose, initialize_config_dir
+
+from carvana_seg.core.module import SegmentationModule
+from carvana_seg.data import rle
+from carvana_seg.data.decode import read_mask
+from carvana_seg.errors import InputError
+from carvana_seg.inference.submission import verify_submission
+from carvana_seg.predict import predict
+from tests.conftest import CONF_DIR, ROOT, write_carvana
+
+FAST = ["data.num_workers=0", "device=cpu"]
+
+
+def photos(tmp_path: Path, cars: int = 3, views: int = 4, name: str = "test") -> Path:
+    """A folder of unlabelled 64x96 photos like Kaggle's test/."""
+    data = write_carvana(tmp_path / f"{name}_data", cars=cars, views=views, size=(64, 96), seed=9)
+    shutil.rmtree(data / "train_masks")
+    return (data / "train").rename(tmp_path / name)
+
+
+def predict_cfg(ckpt: Path, input_dir: Path, output: Path, *overrides: str):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(
+            "predict",
+            overrides=[
+                f"ckpt_path={ckpt}",
+                f"input={input_dir}",
+                f"output={output}",
+                *FAST,
+                "data.batch_size=4",
+                "chunk_size=8",
+                *overrides,
+            ],
+        )
+
+
+def command(ckpt: Path, input_dir: Path, output: Path, logs: Path, *overrides: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "carvana_seg.predict",
+        f"ckpt_path={ckpt}",
+        f"input={input_dir}",
+        f"output={output}",
+        *FAST,
+        "data.batch_size=4",
+        "chunk_size=8",
+        f"hydra.run.dir={logs}",
+        *overrides,
+    ]
+
+
+def start(argv: list[str], log: Path | None = None) -> subprocess.Popen:
+    """The command in a process of its own; its log (Hydra logs to stdout) and errors to `log`."""
+    if log is None:
+        return subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    with log.open("w") as sink:
+        return subprocess.Popen(argv, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT)
+
+
+def run(argv: list[str]) -> subprocess.CompletedProcess:
+    """The command to its end; `.stdout` holds its log, its errors and its summary."""
+    return subprocess.run(
+        argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300
+    )
+
+
+def summary(output: str) -> dict:
+    return json.loads(output[output.rindex("{\n") :])
+
+
+def rows_of(output: Path) -> list[list[str]]:
+    with gzip.open(output / "submission.csv.gz", "rt", newline="") as handle:
+        return list(csv.reader(handle))[1:]
+
+
+def masks_of(output: Path) -> dict[str, np.ndarray]:
+    return {path.name: read_mask(path) for path in sorted((output / "masks").glob("*_mask.gif"))}
+
+
+def snapshot(folder: Path) -> dict[Path, tuple[int, int]]:
+    return {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in folder.rglob("*")}
+
+
+def wait_for(condition, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def old_part(rows: list[list[str]]) -> bytes:
+    """A committed part as every version wrote it: `img,rle_mask` rows, no header, one gzip member."""
+    return gzip.compress("".join(f"{name},{encoded}\n" for name, encoded in rows).encode(), mtime=0)
+
+
+def parts(output: Path) -> list[Path]:
+    return sorted((output / ".parts").glob("part-*.csv.gz"))
+
+
+# One folder, one predict at a time.
+
+
+@pytest.mark.slow
+def test_two_predicts_started_at_once_into_one_folder_end_with_one_row_per_photo(trained, tmp_path):
+    """A real race: whichever claims the folder first predicts; the other is refused at once naming
+    it (or, were it slow enough to start after the first ended, finds the work done)."""
+    ckpt, _ = trained
+    test = photos(tmp_path, cars=15, views=16)  # 240 photos: several seconds of work
+    output = tmp_path / "out"
+    logs = [tmp_path / "first.log", tmp_path / "second.log"]
+    runs = [
+        start(command(ckpt, test, output, tmp_path / f"logs{i}", "lock_wait=0"), logs[i]) for i in range(2)
+    ]
+    codes = [process.wait(timeout=300) for process in runs]
+    said = [log.read_text() for log in logs]
+    assert 0 in codes and set(codes) <= {0, 2}, (codes, [s[-2000:] for s in said])
+    for me, other in ((0, 1), (1, 0)):
+        if codes[me] == 2:
+            assert "is in use by another predict" in said[me] and f"held by pid {runs[other].pid}" in said[me]
+    if codes == [0, 0]:
+        assert sorted(summary(s)["predicted_now"] for s in said) == [0, 240]
+    names = sorted(p.name for p in test.iterdir())
+    assert [r[0] for r in rows_of(output)] == names  # one row per photo, no duplicates
+
+    again = predict(predict_cfg(ckpt, test, output, "lock_wait=0"))  # the lock is free again
+    assert again["predicted_now"] == 0 and [r[0] for r in rows_of(output)] == names
+
+
+@pytest.mark.slow
+def test_while_one_predict_holds_the_folder_another_is_refused_or_waits_for_it(trained, tmp_path):
+    ckpt, _ = trained
+    test = photos(tmp_path, cars=8, views=16)  # 128 photos; the first is held still meanwhile
+    output = tmp_path / "out"
+    first = start(command(ckpt, test, output, tmp_path / "logs1"))
+    wait_for(lambda: parts(output))
+    os.kill(first.pid, signal.SIGSTOP)  # frozen while it holds the folder
+    try:
+        # kill() returns before the signal lands: wait until the kernel shows the process stopped.
+        wait_for(lambda: Path(f"/proc/{first.pid}/stat").read_text().split(") ")[1][0] == "T")
+        time.sleep(0.2)
+        before = snapshot(output)
+        refused_log, waiting_log = tmp_path / "refused.log", tmp_path / "waiting.log"
+        refused = start(command(ckpt, test, output, tmp_path / "logs2", "lock_wait=1"), refused_log)
+        waiting = start(command(ckpt, test, output, tmp_path / "logs3", "lock_wait=300"), waiting_log)
+        assert refused.wait(timeout=300) == 2
+        said = refused_log.read_text()
+        assert f"output {output} is in use by another predict" in said and f"held by pid {first.pid}" in said
+        wait_for(lambda: f"held by pid {first.pid}" in waiting_log.read_text())
+        assert waiting.poll() is None
+        assert snapshot(output) == before  # neither wrote anything
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    assert first.wait(timeout=300) == 0
+    assert waiting.wait(timeout=300) == 0 and summary(waiting_log.read_text())["predicted_now"] == 0
+    assert [r[0] for r in rows_of(output)] == sorted(p.name for p in test.iterdir())
+
+
+# Killed at any point: the rerun ends with the result of a clean run.
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_points_then_the_rerun_gives_the_clean_result(trained, tmp_path):
+    ckpt, _ = trained
+    test = photos(tmp_path, cars=20, views=16)  # 320 photos: a run takes a few seconds after start-up
+    clean = tmp_path / "clean"
+    predict(predict_cfg(ckpt, test, clean))
+    output = tmp_path / "out"
+    argv = command(ckpt, test, output, tmp_path / "logs", "data.num_workers=1", "lock_wait=0")
+    seed = time.time_ns() % 10_000
+    rng = random.Random(seed)
+    delays = sorted(round(rng.uniform(1.0, 15.0), 2) for _ in range(3))
+    for delay in delays:
+        process = start(argv)
+        time.sleep(delay)
+        os.kill(process.pid, signal.SIGKILL)  # no clean-up of any kind; its loader worker is orphaned
+        process.wait()
+
+    rerun = run(argv)
+    assert rerun.returncode == 0, (seed, delays, rerun.stdout[-3000:])  # a dead holder's lock is free
+    names = sorted(p.name for p in test.iterdir())
+    verify_submission(output / "submission.csv.gz", names)
+    assert rows_of(output) == rows_of(clean), (seed, delays)
+    masks, expected = masks_of(output), masks_of(clean)
+    assert masks.keys() == expected.keys()  # every mask file decodes: none is half-written
+    assert all(np.array_equal(masks[name], expected[name]) for name in expected), (seed, delays)
+    assert not [p for p in output.rglob("*.tmp")]
+
+
+# A changed input between runs is refused, naming what changed.
+
+
+@pytest.mark.slow
+def test_a_photo_renamed_between_a_killed_run_and_its_rerun_is_refused_naming_it(trained, tmp_path):
+    ckpt, _ = trained
+    test = photos(tmp_path, cars=15, views=16)
+    output = tmp_path / "out"
+    process = start(command(ckpt, test, output, tmp_path / "logs"))
+    wait_for(lambda: len(parts(output)) >= 2)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    old = sorted(test.iterdir())[3]
+    new = old.with_name("renamed_" + old.name)
+    old.rename(new)
+    before = snapshot(output)
+
+    refused = run(command(ckpt, test, output, tmp_path / "logs2"))
+    assert refused.returncode == 2 and "different prediction run" in refused.stdout
+    assert f"no longer in the input: {old.name}" in refused.stdout and f"new: {new.name}" in refused.stdout
+    assert snapshot(output) == before  # nothing written, nothing lost
+
+    new.rename(old)  # put back: the run continues
+    result = predict(predict_cfg(ckpt, test, output))
+    assert 0 < result["predicted_now"] < 240
+    assert [r[0] for r in rows_of(output)] == sorted(p.name for p in test.iterdir())
+
+
+@pytest.mark.parametrize("change", ["added", "removed"])
+def test_a_photo_added_or_removed_after_a_run_is_refused_naming_it(trained, tmp_path, change):
+    ckpt, _ = trained
+    test = photos(tmp_path)
+    predict(predict_cfg(ckpt, test, tmp_path / "out"))
+    if change == "added":
+        shutil.copy(next(test.iterdir()), test / "ffffffffffff_01.jpg")
+        named = "ffffffffffff_01.jpg"
+    else:
+        named = sorted(test.iterdir())[0].name
+        (test / named).unlink()
+    with pytest.raises(InputError, match=rf"differs in: images, photos\).*{named}"):
+        predict(predict_cfg(ckpt, test, tmp_path / "out"))
+
+
+# A folder left inconsistent by the version before this one is repaired, not refused forever.
+
+
+def test_a_folder_with_duplicate_rows_from_two_old_runs_is_repaired_by_a_rerun(trained, tmp_path):
+    ckpt, _ = trained
+    test = photos(tmp_path)  # 12 photos
+    clean = tmp_path / "clean"
+    predict(predict_cfg(ckpt, test, clean))
+    good = rows_of(clean)
+    # What two old predicts into one folder left: both committed rows 0-3 and 4-7 as parts of their
+    # own (numbered by counting the parts), and the manifest stored only the photo count.
+    wedged = tmp_path / "wedged"
+    shutil.copytree(clean / "masks", wedged / "masks")
+    (wedged / ".parts").mkdir()
+    for number, chunk in enumerate([good[0:4], good[0:4], good[4:8], good[4:8], good[8:10]]):
+        (wedged / ".parts" / f"part-{number:06d}.csv.gz").write_bytes(old_part(chunk))
+    manifest = json.loads((clean / "predict.json").read_text())
+    del manifest["photos"]
+    (wedged / "predict.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+    result = predict(predict_cfg(ckpt, test, wedged))
+    assert result["predicted_now"] == 2  # the two photos no part held; nothing else redone
+    assert rows_of(wedged) == good
+    verify_submission(wedged / "submission.csv.gz", [r[0] for r in good])
+    assert "photos" in json.loads((wedged / "predict.json").read_text())  # upgraded
+
+
+# Smaller faults: refused before the output folder exists.
+
+
+def test_two_photos_that_would_write_one_mask_file_are_refused_naming_both(trained, tmp_path):
+    ckpt, _ = trained
+    test = photos(tmp_path)
+    first = sorted(test.iterdir())[0]
+    shutil.copy(first, first.with_suffix(".png"))  # not a real PNG: refused before it is read anyway
+    with pytest.raises(InputError, match=rf"{first.name} and .*{first.stem}\.png would both write"):
+        predict(predict_cfg(ckpt, test, tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_photo_twice_in_the_sample_submission_is_refused_naming_it_and_its_line(trained, tmp_path):
+    ckpt, _ = trained
+    test = photos(tmp_path)
+    names = sorted(p.name for p in test.iterdir())
+    sample = tmp_path / "sample_submission.csv"
+    sample.write_text("img,rle_mask\n" + "".join(f"{n},1 1\n" for n in [*names[:6], names[2], *names[6:]]))
+    with pytest.raises(InputError, match=rf"line 8: {names[2]} is listed again \(first on line 4\)"):
+        predict(predict_cfg(ckpt, test, tmp_path / "out", f"sample_submission={sample}"))
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("threshold=1", "threshold"),
+        ("threshold=0", "threshold"),
+        ("threshold=1.5", "threshold"),
+        ("threshold=half", "threshold"),
+        ("chunk_size=0", "chunk_size"),
+        ("writer_threads=0", "writer_threads"),
+        ("data.batch_size=0", "data.batch_size"),
+        ("data.image_size=[0,48]", "data.image_size"),
+        ("lock_wait=-1", "lock_wait"),
+        ("precision=double", "precision"),
+        ("tta_hflip=maybe", "tta_hflip"),
+    ],
+)
+def test_a_bad_option_is_refused_before_the_output_folder_exists(trained, tmp_path, override, named):
+    ckpt, _ = trained
+    with pytest.raises(InputError, match=rf"^{named}"):
+        predict(predict_cfg(ckpt, photos(tmp_path), tmp_path / "out", override))
+    assert not (tmp_path / "out").exists()
+
+
+def test_threshold_1_exits_2_with_the_message_and_writes_nothing(trained, tmp_path):
+    ckpt, _ = trained
+    result = run(command(ckpt, photos(tmp_path), tmp_path / "out", tmp_path / "logs", "threshold=1"))
+    assert (
+        result.returncode == 2 and "threshold must be a probability strictly between 0 and 1" in result.stdout
+    )
+    assert "Traceback" not in result.stdout and not (tmp_path / "out").exists()
+
+
+def test_hidden_files_are_skipped_as_training_skips_them(trained, tmp_path):
+    ckpt, _ = trained
+    test = photos(tmp_path)
+    (test / "._000000000000_01.jpg").write_bytes(b"\x00\x05\x16\x07 macOS resource fork")
+    result = predict(predict_cfg(ckpt, test, tmp_path / "out"))
+    assert result["images"] == 12
+    assert [r[0] for r in rows_of(tmp_path / "out")] == sorted(p.name for p in test.glob("[!.]*"))
+
+
+def test_a_truncated_photo_stops_the_run_before_anything_is_written_or_is_skipped(trained, tmp_path):
+    ckpt, _ = trained
+    test = photos(tmp_path)
+    truncated = sorted(test.iterdir())[5]
+    data = truncated.read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])  # the header reads; OpenCV would decode it into grey
+    with pytest.raises(InputError, match=rf"{truncated.name} is truncated"):
+        predict(predict_cfg(ckpt, test, tmp_path / "stopped"))
+    assert not (tmp_path / "stopped").exists()
+
+    result = predict(predict_cfg(ckpt, test, tmp_path / "skipped", "on_error=skip"))
+    assert result["skipped_unreadable"] == 1
+    rows = dict(rows_of(tmp_path / "skipped"))
+    assert len(rows) == 12 and rows[truncated.name] == ""
+    assert not (tmp_path / "skipped" / "masks" / truncated.name.replace(".jpg", "_mask.gif")).exists()
+    assert truncated.name in (tmp_path / "skipped" / "unreadable.txt").read_text()
+
+
+def test_two_processes_writing_one_file_never_share_a_temporary_file(tmp_path):
+    target = tmp_path / "mask.gif"
+    writer = (
+        "import sys\nfrom pathlib import Path\nfrom carvana_seg.inference.submission import atomic_write\n"
+        "for _ in range(300):\n    atomic_write(Path(sys.argv[1]), sys.argv[2].encode() * 100_000)\n"
+    )
+    writers = [
+        subprocess.Popen(
+            [sys.executable, "-c", writer, str(target), letter], cwd=ROOT, stderr=subprocess.PIPE
+        )
+        for letter in "ab"
+    ]
+    errors = [process.communicate(timeout=300)[1].decode() for process in writers]
+    assert [process.returncode for process in writers] == [0, 0], (
+        errors
+    )  # the old shared name: FileNotFoundError
+    assert target.read_bytes() in (b"a" * 100_000, b"b" * 100_000)  # one writer's, whole
+    assert [p.name for p in tmp_path.iterdir()] == ["mask.gif"]
+
+
+# A broken network.
+
+
+@pytest.mark.slow
+def test_a_network_that_returns_nan_stops_predict_with_exit_2_and_no_submission(trained, tmp_path):
+    ckpt, _ = trained
+    module = SegmentationModule.load_from_checkpoint(ckpt)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.fill_(1e38)  # finite weights whose products overflow: inf, then inf - inf = NaN
+    broken = tmp_path / "broken.ckpt"
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False)
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(broken)
+    output = tmp_path / "out"
+
+    result = run(command(broken, photos(tmp_path), output, tmp_path / "logs"))
+    assert result.returncode == 2, result.stdout[-2000:]
+    assert "non-finite logits" in result.stdout and str(broken) in result.stdout
+    assert "000000000000_01.jpg" in result.stdout  # the photos of the batch
+    assert not (output / "submission.csv.gz").exists() and not parts(output)
+    assert not list((output / "masks").iterdir())
+
+
+def test_a_stray_duplicate_part_is_dropped_and_the_kept_rows_still_decode_to_their_masks(trained, tmp_path):
+    ckpt, _ = trained
+    test = photos(tmp_path)
+    output = tmp_path / "out"
+    predict(predict_cfg(ckpt, test, output))
+    first = parts(output)[0]
+    shutil.copy(first, output / ".parts" / "part-000099.csv.gz")  # a stray duplicate at the end
+    predict(predict_cfg(ckpt, test, output))
+    for name, encoded in rows_of(output):
+        assert np.array_equal(
+            rle.decode(encoded, (64, 96)), read_mask(output / "masks" / name.replace(".jpg", "_mask.gif"))
+        )

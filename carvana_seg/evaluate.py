@@ -4,6 +4,8 @@
 By default the data is the run's own and the images are its validation cars (the same by-car split);
 `data.root=DIR` scores any folder with masks instead (all of its images). Writes per_image.csv,
 summary.json and worst/*.png into the evaluation's directory, and the worst images to TensorBoard.
+`stress=[zoom_out,dark_band,warm]` also scores the same photos under those studio shifts
+(`inference.stress`), the same way: stress.csv and the summary's `stress` block.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import heapq
 import json
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,7 @@ import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig
+from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
@@ -37,6 +41,7 @@ from carvana_seg.data.sample import Sample
 from carvana_seg.errors import DataError, InputError, exit_on_input_error
 from carvana_seg.inference.error_panel import error_panel
 from carvana_seg.inference.forward import autocast, pick_device
+from carvana_seg.inference.stress import StressedPhotos, check_names, describe
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +78,54 @@ def _summary(values: dict[str, list[float]]) -> dict[str, float]:
     return summary
 
 
+def _scored(
+    module: SegmentationModule,
+    loader: DataLoader,
+    device: torch.device,
+    cfg: DictConfig,
+    threshold: float,
+    thresholds: list[float],
+    desc: str,
+) -> Iterator[dict[str, Any]]:
+    """Each image of `loader` scored: the net at the input size, its logits brought to the photo's full
+    size (`cfg.upsample`) and thresholded, against the full-size mask; also at the input size. Yields
+    the item's `index`, its `full` and `small` scores, full-size `dice_at` each of `thresholds`, the
+    false positive and negative counts and the full-size `pred` and `target` (bool tensors)."""
+    for batch in tqdm(loader, desc=desc, unit="batch", dynamic_ncols=True):
+        bad = [error for error in batch["error"] if error]
+        if bad:
+            raise DataError("cannot evaluate unreadable files:\n  " + "\n  ".join(bad))
+        images = batch["image"].to(device, non_blocking=True)
+        with autocast(device, cfg.precision):
+            logits = module.predict_logits(images, cfg.tta_hflip)
+        targets_small = torch.stack(batch["mask_small"]).to(device)[:, None].bool()
+        scores_small = per_image_scores(logits > logit_threshold(threshold), targets_small)
+        for full_size, positions in batches_by_size(batch["full_size"]):
+            big = to_full_size(logits[positions], full_size, cfg.upsample)
+            target = torch.stack([batch["mask"][p] for p in positions]).to(device)[:, None].bool()
+            per_threshold = {t: per_image_scores(big > logit_threshold(t), target) for t in thresholds}
+            pred = big > logit_threshold(threshold)
+            false_pos = (pred & ~target).flatten(1).sum(1)
+            false_neg = (~pred & target).flatten(1).sum(1)
+            scores = per_threshold[threshold]
+            for row, p in enumerate(positions):
+                yield {
+                    "index": batch["index"][p],
+                    "full": {name: scores[name][row].item() for name in SCORES},
+                    "small": {name: scores_small[name][p].item() for name in SCORES},
+                    "dice_at": {t: per_threshold[t]["dice"][row].item() for t in thresholds},
+                    "false_pos": int(false_pos[row]),
+                    "false_neg": int(false_neg[row]),
+                    "pred": pred[row, 0],
+                    "target": target[row, 0],
+                }
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Score `cfg.ckpt_path` at full and at training size; write the CSV, the summary and the pictures."""
+    """Score `cfg.ckpt_path` at full and at training size; write the CSV, the summary and the pictures;
+    with `cfg.stress`, score the same photos under each studio shift too (stress.csv, `stress`)."""
     started = time.perf_counter()
+    stress_names = check_names(cfg.get("stress") or [])
     output_dir = Path(cfg.paths.output_dir)
     device = pick_device(cfg.device)
     if cfg.upsample not in ("bilinear", "nearest"):
@@ -108,64 +158,43 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     small: dict[str, list[float]] = {name: [] for name in SCORES}
     by_threshold: dict[float, list[float]] = {t: [] for t in thresholds}
     worst: list[tuple[float, int, dict[str, Any]]] = []  # a heap of the K lowest dice, keyed by -dice
+    unstressed: dict[int, float] = {}  # full-size dice by sample index, for the stress drops
     with (output_dir / "per_image.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
         extra = [f"dice@{t:g}" for t in thresholds if t != threshold]
         writer.writerow(
             ["img", "car_id", "view", *SCORES, "false_pos", "false_neg", "dice_train_size", *extra]
         )
-        for batch in tqdm(loader, desc="evaluate", unit="batch", dynamic_ncols=True):
-            bad = [error for error in batch["error"] if error]
-            if bad:
-                raise DataError("cannot evaluate unreadable files:\n  " + "\n  ".join(bad))
-            images = batch["image"].to(device, non_blocking=True)
-            with autocast(device, cfg.precision):
-                logits = module.predict_logits(images, cfg.tta_hflip)
-            targets_small = torch.stack(batch["mask_small"]).to(device)[:, None].bool()
-            scores_small = per_image_scores(logits > logit_threshold(threshold), targets_small)
-            for full_size, positions in batches_by_size(batch["full_size"]):
-                big = to_full_size(logits[positions], full_size, cfg.upsample)
-                target = torch.stack([batch["mask"][p] for p in positions]).to(device)[:, None].bool()
-                per_threshold = {t: per_image_scores(big > logit_threshold(t), target) for t in thresholds}
-                pred = big > logit_threshold(threshold)
-                false_pos = (pred & ~target).flatten(1).sum(1)
-                false_neg = (~pred & target).flatten(1).sum(1)
-                scores = per_threshold[threshold]
-                for row, p in enumerate(positions):
-                    sample = samples[batch["index"][p]]
-                    for name in SCORES:
-                        full[name].append(scores[name][row].item())
-                        small[name].append(scores_small[name][p].item())
-                    for t in thresholds:
-                        by_threshold[t].append(per_threshold[t]["dice"][row].item())
-                    dice = scores["dice"][row].item()
-                    writer.writerow(
-                        [
-                            sample.name,
-                            sample.car_id,
-                            sample.view,
-                            *(f"{scores[name][row].item():.6f}" for name in SCORES),
-                            int(false_pos[row]),
-                            int(false_neg[row]),
-                            f"{scores_small['dice'][p].item():.6f}",
-                            *(
-                                f"{per_threshold[t]['dice'][row].item():.6f}"
-                                for t in thresholds
-                                if t != threshold
-                            ),
-                        ]
-                    )
-                    if cfg.worst_k > 0 and (len(worst) < cfg.worst_k or -dice > worst[0][0]):
-                        entry = {
-                            "sample": sample,
-                            "dice": dice,
-                            "pred": pred[row, 0].cpu().numpy(),
-                            "target": target[row, 0].cpu().numpy(),
-                        }
-                        item = (-dice, len(full["dice"]), entry)
-                        heapq.heappush(worst, item) if len(worst) < cfg.worst_k else heapq.heappushpop(
-                            worst, item
-                        )
+        for r in _scored(module, loader, device, cfg, threshold, thresholds, "evaluate"):
+            sample = samples[r["index"]]
+            for name in SCORES:
+                full[name].append(r["full"][name])
+                small[name].append(r["small"][name])
+            for t in thresholds:
+                by_threshold[t].append(r["dice_at"][t])
+            dice = r["full"]["dice"]
+            unstressed[r["index"]] = dice
+            writer.writerow(
+                [
+                    sample.name,
+                    sample.car_id,
+                    sample.view,
+                    *(f"{r['full'][name]:.6f}" for name in SCORES),
+                    r["false_pos"],
+                    r["false_neg"],
+                    f"{r['small']['dice']:.6f}",
+                    *(f"{r['dice_at'][t]:.6f}" for t in thresholds if t != threshold),
+                ]
+            )
+            if cfg.worst_k > 0 and (len(worst) < cfg.worst_k or -dice > worst[0][0]):
+                entry = {
+                    "sample": sample,
+                    "dice": dice,
+                    "pred": r["pred"].cpu().numpy(),
+                    "target": r["target"].cpu().numpy(),
+                }
+                item = (-dice, len(full["dice"]), entry)
+                heapq.heappush(worst, item) if len(worst) < cfg.worst_k else heapq.heappushpop(worst, item)
 
     if not full["dice"]:
         raise DataError(f"no images to evaluate in {data_root}")
@@ -183,12 +212,71 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "train_size": _summary(small),
         "dice_by_threshold": {f"{t:g}": float(np.mean(v)) for t, v in by_threshold.items()},
         "worst": [{"img": e["sample"].name, "dice": e["dice"]} for e in ranked],
-        "seconds": round(time.perf_counter() - started, 2),
     }
+    if stress_names:
+        stressed = StressedPhotos(dataset, stress_names)
+        loader = photo_loader(stressed, cfg.data.batch_size, workers, pin_memory=device.type == "cuda")
+        summary["stress"] = _stress(module, loader, stressed, samples, unstressed, device, cfg, threshold)
+    summary["seconds"] = round(time.perf_counter() - started, 2)
     _render_worst(ranked, output_dir)
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     _print_summary(summary, output_dir)
     return summary
+
+
+def _stress(
+    module: SegmentationModule,
+    loader: DataLoader,
+    stressed: StressedPhotos,
+    samples: list[Sample],
+    unstressed: dict[int, float],
+    device: torch.device,
+    cfg: DictConfig,
+    threshold: float,
+) -> dict[str, Any]:
+    """Score every photo under each transform of `stressed`; write stress.csv; the `stress` block."""
+    started = time.perf_counter()
+    dice: dict[str, dict[int, float]] = {name: {} for name in stressed.names}
+    with (Path(cfg.paths.output_dir) / "stress.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(
+            ["img", "car_id", "view", "transform", *SCORES, "false_pos", "false_neg", "dice_unstressed"]
+        )
+        for r in _scored(module, loader, device, cfg, threshold, [threshold], "stress"):
+            index, name = stressed.locate(r["index"])
+            sample, dice[name][index] = samples[index], r["full"]["dice"]
+            writer.writerow(
+                [
+                    sample.name,
+                    sample.car_id,
+                    sample.view,
+                    name,
+                    *(f"{r['full'][score]:.6f}" for score in SCORES),
+                    r["false_pos"],
+                    r["false_neg"],
+                    f"{unstressed[index]:.6f}",
+                ]
+            )
+    transforms = {}
+    for name, by_index in dice.items():
+        values = np.array([by_index[i] for i in sorted(by_index)])
+        drops = np.array([unstressed[i] for i in sorted(by_index)]) - values
+        transforms[name] = {
+            **describe(name),
+            "dice": float(values.mean()),
+            "dice_median": float(np.median(values)),
+            "dice_min": float(values.min()),
+            "drop": float(drops.mean()),
+            "drop_max": float(drops.max()),
+            "drop_max_img": samples[sorted(by_index)[int(drops.argmax())]].name,
+        }
+    return {
+        "transforms": transforms,
+        "score": float(np.mean([t["dice"] for t in transforms.values()])),
+        "drop": float(np.mean([t["drop"] for t in transforms.values()])),
+        "images": len(unstressed),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
 
 
 def _render_worst(ranked: list[dict[str, Any]], output_dir: Path) -> None:
@@ -229,6 +317,18 @@ def _print_summary(summary: dict[str, Any], output_dir: Path) -> None:
             "dice by threshold: "
             + ", ".join(f"{t}: {d:.4f}" for t, d in summary["dice_by_threshold"].items())
         )
+    stress = summary.get("stress")
+    if stress:
+        lines.append(
+            f"stress ({len(stress['transforms'])} studio shifts): score {stress['score']:.4f}, "
+            f"drop {stress['drop']:+.4f} against the unstressed photos"
+        )
+        lines.append(f"  {'transform':<12}{'dice':>9}{'median':>9}{'min':>9}{'drop':>9}{'max drop':>10}")
+        for name, t in stress["transforms"].items():
+            lines.append(
+                f"  {name:<12}{t['dice']:9.4f}{t['dice_median']:9.4f}{t['dice_min']:9.4f}"
+                f"{t['drop']:+9.4f}{t['drop_max']:+10.4f}  {t['drop_max_img']}"
+            )
     lines.append(f"written to {output_dir}")
     print("\n".join(lines))
 

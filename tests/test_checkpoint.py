@@ -132,3 +132,16 @@ def test_pretrained_encoder_files_are_not_needed_to_load(tmp_path):
     module = SegmentationModule(net=net, loss={"_target_": "carvana_seg.core.losses.BCELoss"})
     assert module.hparams["net"]["encoder_weights"] is None
     assert module.hparams["net"]["encoder"] == "resnet18"
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("threshold", "half"), ("threshold", 2.0), ("mean", ["a", "b", "c"]), ("run", {"image_size": "big"})],
+)
+def test_forged_hyperparameters_are_refused_by_name(trained, tmp_path, key, value):
+    checkpoint = torch.load(trained[0], map_location="cpu", weights_only=True)
+    checkpoint["hyper_parameters"][key] = value
+    path = tmp_path / "forged.ckpt"
+    torch.save(checkpoint, path)
+    with pytest.raises(InputError, match=f"ckpt_path {path}"):
+        SegmentationModule.load_from_checkpoint(path)

@@ -186,6 +186,7 @@ def test_a_run_that_diverges_later_keeps_only_its_good_checkpoints(tmp_path):
     data = write_carvana(tmp_path / "data")
     run = tmp_path / "run"
     schedule = [
+        "scheduler=none",  # an empty group, filled in here
         "+scheduler._target_=torch.optim.lr_scheduler.ExponentialLR",
         "+scheduler._partial_=true",
         "+scheduler.gamma=100",

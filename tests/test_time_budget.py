@@ -9,7 +9,11 @@ from carvana_seg.core.callbacks.time_budget import TimeBudget, one_cycle, parse_
 from carvana_seg.core.precision import cpu_has_fast_bf16, resolve_precision
 from carvana_seg.train import train
 
-BUDGET = ["+callbacks.time_budget._target_=carvana_seg.core.callbacks.time_budget.TimeBudget"]
+# A time budget sets the learning rate itself: no scheduler beside it (the default config has one).
+BUDGET = [
+    "+callbacks.time_budget._target_=carvana_seg.core.callbacks.time_budget.TimeBudget",
+    "scheduler=none",
+]
 
 
 def test_durations_read_as_lightning_max_time_does():

@@ -69,7 +69,7 @@ class SegmentationModule(pl.LightningModule):
         run: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        if not 0.0 < threshold < 1.0:
+        if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0.0 < threshold < 1.0:
             raise InputError(f"module.threshold must be in (0, 1), got {threshold}")
         built = [name for name, value in (("net", net), ("loss", loss)) if isinstance(value, nn.Module)]
         self.save_hyperparameters(ignore=["optimizer", "scheduler", *built])
@@ -284,6 +284,12 @@ class SegmentationModule(pl.LightningModule):
             module = super().load_from_checkpoint(
                 path, map_location=map_location, weights_only=True, **kwargs
             )
+        except InputError as err:  # a stored option the constructor refuses, named there
+            raise InputError(f"ckpt_path {path}: {err}") from err
         except RuntimeError as err:  # load_state_dict: the weights do not fit the rebuilt network
             raise InputError(f"ckpt_path {path}: its weights do not fit its own model config: {err}") from err
+        except (TypeError, ValueError) as err:  # hyperparameters this class does not take (a forged file)
+            raise InputError(
+                f"ckpt_path {path}: its hyperparameters do not fit SegmentationModule: {err}"
+            ) from err
         return module.eval()

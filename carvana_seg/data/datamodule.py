@@ -17,7 +17,7 @@ from carvana_seg.core.distributed import unrepeated
 from carvana_seg.data.cache import open_or_build
 from carvana_seg.data.dataset import CarvanaDataset, seed_worker_augmentation, train_augmentation
 from carvana_seg.data.labelled import MASK_SOURCES, MaskSource, labelled_samples
-from carvana_seg.data.layout import MASK_CSV, split_by_car
+from carvana_seg.data.layout import MASK_CSV, check_folds, split_by_car
 from carvana_seg.data.photos import PhotoDataset, photo_loader
 from carvana_seg.data.sample import Sample
 from carvana_seg.errors import DataError
@@ -50,8 +50,11 @@ class CarvanaDataModule(pl.LightningDataModule):
     Args:
         root: the data folder (train/ or train_hq/, train_masks/, optionally train_masks.csv).
         image_size: (H, W) every image and mask is resized to.
-        val_fraction: share of the cars held out for validation.
+        val_fraction: share of the cars held out for validation (not used with `folds`).
         split_seed: seed of the car-id split (independent of the training seed).
+        folds: deal the cars into this many folds (`layout.car_folds`) for cross-validation; None: the
+            `val_fraction` split.
+        fold: with `folds`, the fold (0..folds-1) whose cars are the validation set.
         mask_source: "files" reads train_masks/; "csv" decodes train_masks.csv instead; "auto" (the
             default) takes the CSV when it lists every photo (Kaggle ships both with the same masks, and
             a run-length mask decodes ~25x faster than its GIF) and the files otherwise. The mask files,
@@ -79,6 +82,8 @@ class CarvanaDataModule(pl.LightningDataModule):
         image_size: Sequence[int] = (160, 240),
         val_fraction: float = 0.2,
         split_seed: int = 0,
+        folds: int | None = None,
+        fold: int | None = None,
         batch_size: int = 8,
         val_batch_size: int | None = None,
         num_workers: int | Literal["auto"] = "auto",
@@ -114,12 +119,15 @@ class CarvanaDataModule(pl.LightningDataModule):
                 f"data.mask_scale={mask_scale} keeps masks finer than the photos, which only a flip and "
                 f"pixel-level transforms keep aligned; data.augment also has {', '.join(moving)}"
             )
+        check_folds(folds, fold)
         if cache and cache_dir is None:
             raise DataError("data.cache=true needs data.cache_dir (a folder for the decoded arrays)")
         self.root = Path(root).expanduser().resolve()
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.val_fraction = val_fraction
         self.split_seed = split_seed
+        self.folds = folds
+        self.fold = fold
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size or batch_size
         self.num_workers = resolve_num_workers(num_workers)
@@ -147,6 +155,7 @@ class CarvanaDataModule(pl.LightningDataModule):
         if self.train_set is not None:
             return
         samples, rle_masks = self.labelled_samples()
+        train, val = split_by_car(samples, self.val_fraction, self.split_seed, self.folds, self.fold)
         cache = None
         if self.cache:
             masks_csv = self.root / MASK_CSV if rle_masks is not None else None
@@ -162,7 +171,6 @@ class CarvanaDataModule(pl.LightningDataModule):
                 soft=self.soft_masks,
                 mask_size=self.mask_size,
             )
-        train, val = split_by_car(samples, self.val_fraction, self.split_seed)
         same_size = self.mask_size == self.image_size
         augmentation = train_augmentation(self.hflip_p, self.augment, seed=self.seed, same_size=same_size)
         kinds = {"soft": self.soft_masks, "mask_size": self.mask_size}
@@ -193,6 +201,8 @@ class CarvanaDataModule(pl.LightningDataModule):
             "root": str(self.root),
             "val_fraction": self.val_fraction,
             "split_seed": self.split_seed,
+            "folds": self.folds,
+            "fold": self.fold,
             "train": self._cars(self.train_set.samples),
             "val": self._cars(self.val_set.samples),
         }

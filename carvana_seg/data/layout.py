@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -151,17 +151,51 @@ def check_pairs(samples: Sequence[Sample]) -> dict[Path, tuple[int, int]]:
     return sizes
 
 
+def check_folds(folds: int | None, fold: int | None, cars: int | None = None) -> None:
+    """Raise a DataError naming `data.folds` or `data.fold` when they do not pick one fold of K >= 2
+    (`cars`: how many cars there are to deal, when known). Both None: the `val_fraction` split."""
+    if folds is None:
+        if fold is not None:
+            raise DataError(f"data.fold={fold} needs data.folds (how many folds the cars are dealt into)")
+        return
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+        raise DataError(f"data.folds must be a whole number >= 2 (or null: no folds), got {folds!r}")
+    if cars is not None and folds > cars:
+        raise DataError(f"data.folds={folds} is more folds than the {cars} cars: every fold needs a car")
+    if isinstance(fold, bool) or not isinstance(fold, int) or not 0 <= fold < folds:
+        raise DataError(f"data.fold must be one of 0..{folds - 1} with data.folds={folds}, got {fold!r}")
+
+
+def car_folds(car_ids: Iterable[str], folds: int, seed: int) -> list[list[str]]:
+    """The cars dealt into `folds` folds: the sorted ids shuffled with `seed`, then dealt round-robin,
+    so fold sizes differ by at most one car and every car is in exactly one fold. Depends only on the
+    set of ids, `folds` and `seed`. Each fold's ids come back sorted."""
+    check_folds(folds, 0)
+    cars = sorted(set(car_ids))
+    order = np.random.default_rng(seed).permutation(len(cars))
+    return [sorted(cars[i] for i in order[k::folds]) for k in range(folds)]
+
+
 def split_by_car(
-    samples: Sequence[Sample], val_fraction: float, seed: int
+    samples: Sequence[Sample],
+    val_fraction: float,
+    seed: int,
+    folds: int | None = None,
+    fold: int | None = None,
 ) -> tuple[list[Sample], list[Sample]]:
     """Split into (train, val) so that all views of a car land on the same side.
 
     The split depends only on the set of car ids, the fraction and the seed: the same data gives the
-    same split on every machine, whatever the order the files were listed in.
+    same split on every machine, whatever the order the files were listed in. With `folds`, the
+    validation cars are fold `fold` of `car_folds` instead, and `val_fraction` is not used.
     """
+    cars = sorted({s.car_id for s in samples})
+    check_folds(folds, fold, len(cars))
+    if folds is not None:
+        val_cars = set(car_folds(cars, folds, seed)[fold])  # type: ignore[index]
+        return [s for s in samples if s.car_id not in val_cars], [s for s in samples if s.car_id in val_cars]
     if not 0.0 <= val_fraction < 1.0:
         raise DataError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
-    cars = sorted({s.car_id for s in samples})
     n_val = round(val_fraction * len(cars))
     if val_fraction > 0:
         n_val = max(1, n_val)

@@ -1,0 +1,201 @@
+"""Cross-validation by car: the folds (data.folds, data.fold), a multirun over them, the full-size report."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra.utils import instantiate
+
+from carvana_seg.config import compose
+from carvana_seg.data.datamodule import CarvanaDataModule
+from carvana_seg.data.layout import car_folds, split_by_car
+from carvana_seg.data.sample import Sample
+from carvana_seg.errors import DataError, input_error_in
+from carvana_seg.tools.cross_validation import cross_validate, write_report
+from carvana_seg.train import train
+from tests.conftest import ROOT, TINY_UNET, car_id, write_carvana
+from tests.test_cli import run_cli
+
+
+def samples_of(cars: int, views: int = 3) -> list[Sample]:
+    return [
+        Sample(Path(f"{car_id(c)}_{v:02d}.jpg"), None, car_id(c), v)
+        for c in range(cars)
+        for v in range(1, views + 1)
+    ]
+
+
+def cars_of(samples: list[Sample]) -> set[str]:
+    return {s.car_id for s in samples}
+
+
+@pytest.mark.parametrize("folds", [2, 5, 23])
+def test_folds_deal_every_car_once_in_sizes_within_one_whatever_the_listing_order(folds: int):
+    samples = samples_of(23)
+    cars = sorted(cars_of(samples))
+    dealt = car_folds(cars, folds, seed=3)
+    assert (
+        len(dealt) == folds and sorted(car for fold in dealt for car in fold) == cars
+    )  # disjoint, and every car
+    sizes = [len(fold) for fold in dealt]
+    assert max(sizes) - min(sizes) <= 1
+    assert car_folds(reversed(cars), folds, seed=3) == dealt == car_folds(cars * 2, folds, seed=3)
+    shuffled = samples[:]
+    random.Random(1).shuffle(shuffled)
+    validated: list[str] = []
+    for fold in range(folds):
+        train, val = split_by_car(samples, 0.2, 3, folds=folds, fold=fold)
+        assert sorted(cars_of(val)) == dealt[fold] and cars_of(train) == set(cars) - set(dealt[fold])
+        assert len(train) + len(val) == len(samples)
+        again = split_by_car(shuffled, 0.2, 3, folds=folds, fold=fold)
+        assert [cars_of(side) for side in again] == [cars_of(train), cars_of(val)]
+        validated += sorted(cars_of(val))
+    assert sorted(validated) == cars
+    if folds < 23:
+        assert car_folds(cars, folds, seed=4) != dealt  # the seed shuffles
+
+
+def test_no_folds_is_the_val_fraction_split_as_before():
+    samples = samples_of(17)
+    for fraction, seed in [(0.2, 0), (0.3, 7), (0.0, 1)]:
+        # The split as it was before folds existed.
+        cars = sorted(cars_of(samples))
+        n_val = max(1, round(fraction * len(cars))) if fraction > 0 else 0
+        val_cars = {cars[i] for i in np.random.default_rng(seed).permutation(len(cars))[:n_val]}
+        expected = (
+            [s for s in samples if s.car_id not in val_cars],
+            [s for s in samples if s.car_id in val_cars],
+        )
+        assert split_by_car(samples, fraction, seed) == expected
+        assert split_by_car(samples, fraction, seed, folds=None, fold=None) == expected
+
+
+@pytest.mark.parametrize(
+    ("folds", "fold", "named"),
+    [
+        (1, 0, "data.folds must be a whole number >= 2"),
+        (True, 0, "data.folds must be a whole number >= 2"),
+        (3, 3, r"data.fold must be one of 0..2"),
+        (3, -1, r"data.fold must be one of 0..2"),
+        (3, None, r"data.fold must be one of 0..2"),
+        (None, 1, "data.fold=1 needs data.folds"),
+    ],
+)
+def test_bad_fold_options_are_named_before_anything_is_built(tmp_path: Path, folds, fold, named: str):
+    with pytest.raises(DataError, match=named):
+        CarvanaDataModule(tmp_path / "nowhere", folds=folds, fold=fold)
+
+
+def test_more_folds_than_cars_stops_the_run_before_a_network(make_cfg, tmp_path: Path):
+    with pytest.raises(Exception) as caught:
+        train(make_cfg("data.folds=4", "data.fold=0", "data.cache=true"))  # the fixture has 3 cars
+    assert "data.folds=4 is more folds than the 3 cars" in str(input_error_in(caught.value))
+    assert not (tmp_path / "cache" / "decoded").exists()  # no decoded arrays, no run
+    assert not (tmp_path / "run" / "split.json").exists() and not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_the_recipe_composes_with_folds_and_the_synthetic_data_takes_them(tmp_path: Path):
+    cfg = compose("train", ["experiment=carvana_cpu", "data.root=/data", "data.folds=5", "data.fold=4"])
+    assert (cfg.data.folds, cfg.data.fold, cfg.data.mask_scale) == (5, 4, 2)
+    assert (compose("train").data.folds, compose("train").data.fold) == (None, None)
+    data = compose("train", ["data.folds=3", "data.fold=1", f"paths.cache_dir={tmp_path}"]).data
+    module = instantiate(data)
+    assert type(module).__name__ == "SyntheticDataModule" and (module.folds, module.fold) == (3, 1)
+
+
+def test_a_multirun_over_three_folds_and_its_full_size_report(tmp_path: Path):
+    data = write_carvana(tmp_path / "data", cars=6, views=4, size=(64, 96))
+    sweep, cache = tmp_path / "cv", tmp_path / "cache"
+    result = run_cli(
+        "-m",
+        "data=carvana",
+        f"data.root={data}",
+        "data.folds=3",
+        "data.fold=range(3)",
+        "debug=tiny",
+        *TINY_UNET,
+        "trainer.max_epochs=3",
+        "callbacks.prediction_grid=null",
+        f"paths.cache_dir={cache}",
+        f"hydra.sweep.dir={sweep}",
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    splits = [json.loads((sweep / str(job) / "split.json").read_text()) for job in range(3)]
+    assert [(s["folds"], s["fold"]) for s in splits] == [(3, 0), (3, 1), (3, 2)]
+    cars = sorted(car_id(c) for c in range(6))
+    assert sorted(car for s in splits for car in s["val"]) == cars
+
+    evaluate_options = [f"paths.cache_dir={cache}", "data.num_workers=0", "device=cpu"]
+    report = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "carvana_seg.tools.cross_validation",
+            str(sweep),
+            *evaluate_options,
+            "--ckpt",
+            "last",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert report.returncode == 0, report.stdout[-3000:] + report.stderr[-3000:]
+    markdown = (sweep / "cross_validation.md").read_text()
+    assert report.stdout.endswith(markdown)
+    per_image = []
+    for job, split in enumerate(splits):
+        with (sweep / str(job) / "eval_cv" / "per_image.csv").open() as handle:
+            rows = list(csv.DictReader(handle))
+        assert sorted({row["car_id"] for row in rows}) == split["val"]  # the run's own validation cars
+        per_image += rows
+    assert len(per_image) == 24
+    overall = np.mean([float(row["dice"]) for row in per_image])
+    assert 0.0 < overall < 1.0
+    assert f"| 24 | 6 of 6 | 3 of 3 | {overall:.4f} |" in markdown
+    assert "Every car validated once: 6 cars, none in two folds." in markdown
+    with (sweep / "cross_validation.csv").open() as handle:
+        by_car = list(csv.DictReader(handle))
+    assert sorted(row["car_id"] for row in by_car) == cars  # every car once
+    assert all(row["status"] == "ok" and row["photos"] == "4" for row in by_car)
+    means = [float(row["dice_mean"]) for row in by_car]
+    assert means == sorted(means)  # worst first
+    assert {row["car_id"]: int(row["fold"]) for row in by_car} == {
+        car: s["fold"] for s in splits for car in s["val"]
+    }
+
+    # Fold 1's job failed (as SweepSummary records it): its cars are reported as never validated.
+    (sweep / "1" / "metrics.json").unlink()
+    (sweep / "1" / "job_status.json").write_text(
+        json.dumps({"status": "failed", "error": "RuntimeError: boom"})
+    )
+    broken = cross_validate(sweep, overrides=evaluate_options)
+    assert broken.missing == splits[1]["val"]
+    assert np.mean([row["dice"] for row in broken.photos]) == pytest.approx(
+        np.mean([float(row["dice"]) for row in per_image if row["car_id"] not in splits[1]["val"]])
+    )
+    markdown = write_report(broken, tmp_path / "report" / "cv.md")
+    assert (
+        f"**Never validated: 2 cars** (fold 1 has no evaluated job): {', '.join(splits[1]['val'])}."
+        in markdown
+    )
+    assert "| 1 | 1 | failed: RuntimeError: boom | 2 | 0 |  |  |" in markdown
+    with (tmp_path / "report" / "cv.csv").open() as handle:
+        by_car = list(csv.DictReader(handle))
+    assert sorted(row["car_id"] for row in by_car) == cars
+    assert [row["car_id"] for row in by_car if row["status"] != "ok"] == splits[1]["val"]
+    assert all(row["status"] == "not validated: failed: RuntimeError: boom" for row in by_car[-2:])
+
+    # A car validated by two jobs is not one cross-validation.
+    shutil.copytree(sweep / "0", sweep / "3")
+    with pytest.raises(DataError, match=rf"car {splits[0]['val'][0]} is validated by jobs 0 and 3"):
+        cross_validate(sweep, overrides=evaluate_options)

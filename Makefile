@@ -44,7 +44,6 @@ study: $(STAMP) ## the seed study on the built-in data: CNN vs U-Net x BCE/dice/
 # What figures and notebooks read: made by running the study when absent (a fresh clone). A failed or
 # interrupted study leaves no summary.md behind, so the next `make notebooks` runs it again.
 $(STUDY_DIR)/summary.md: | $(STAMP)
-	@rm -f $@
 	$(RUN_STUDY) || { rm -f $@; exit 1; }
 
 figures: $(STAMP) $(STUDY_DIR)/summary.md ## the study's figures and table into docs/images (runs the study first if runs/study has none)

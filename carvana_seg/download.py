@@ -24,7 +24,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from carvana_seg.durable import fsync_dir
+from carvana_seg.durable import fsync_dir, fsync_file
 from carvana_seg.kaggle.archives import (
     BAD_ZIP,
     EXPECTED_COUNTS,
@@ -34,7 +34,6 @@ from carvana_seg.kaggle.archives import (
     archives_for,
     check_count,
     check_masks_match,
-    flush_to_disk,
     is_done,
     unpack,
 )
@@ -183,7 +182,7 @@ def _fetch(api: KaggleApiLike, archive: Archive, out: Path, force: bool) -> None
         raise DownloadError(
             f"kaggle finished downloading {archive.name} but {got} is not there (found: {found or 'nothing'})"
         )
-    flush_to_disk(got)  # the final name only for bytes that are on the disk
+    fsync_file(got)  # the final name only for bytes that are on the disk
     os.replace(got, out / archive.name)
     fsync_dir(out)
 

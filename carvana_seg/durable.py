@@ -42,6 +42,17 @@ def fsync_tree(root: Path, skip: tuple[str, ...] = ()) -> None:
         fsync_dir(Path(folder))
 
 
+def flush_tree(root: Path) -> None:
+    """A file's `fsync`; for a folder `fsync_tree`, or one system-wide flush where there is one: cheaper
+    for a folder of thousands of files (Kaggle's test.zip holds 100,064)."""
+    if not root.is_dir():
+        fsync_file(root)
+    elif hasattr(os, "sync"):
+        os.sync()
+    else:
+        fsync_tree(root)
+
+
 def process_alive(pid: int) -> bool:
     """Whether process `pid` of this host runs (someone else's counts as running)."""
     try:

@@ -68,7 +68,8 @@ def _samples(cfg: DictConfig, run: RunConfig | None) -> tuple[list[Sample], dict
         cache_dir=Path(cfg.paths.cache_dir).expanduser().resolve(),
     )
     if split == "val":
-        samples = [s for s in samples if s.car_id in set(run.val_cars)]
+        val_cars = set(run.val_cars)
+        samples = [s for s in samples if s.car_id in val_cars]
     return samples, rle_masks, str(root), split
 
 
@@ -97,7 +98,7 @@ def _scored(
             raise DataError("cannot evaluate unreadable files:\n  " + "\n  ".join(bad))
         images = batch["image"].to(device, non_blocking=True)
         with autocast(device, cfg.precision):
-            logits = module.predict_logits(images, cfg.tta_hflip)
+            logits = module.predict_logits(images, cfg.tta_hflip, batch["name"])
         targets_small = torch.stack(batch["mask_small"]).to(device)[:, None].bool()
         scores_small = per_image_scores(logits > logit_threshold(threshold), targets_small)
         for full_size, positions in batches_by_size(batch["full_size"]):

@@ -104,14 +104,8 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     )
     output_dir = Path(cfg.output).expanduser().resolve()
     sample = Path(cfg.sample_submission).expanduser().resolve() if cfg.sample_submission else None
-    try:
-        device = pick_device(cfg.device)
-    except RuntimeError as err:  # torch's own words for a device string it does not know
-        raise InputError(f"device={cfg.device}: {err}") from err
-    try:
-        autocast(device, cfg.precision)
-    except ValueError as err:
-        raise InputError(str(err)) from err
+    device = pick_device(cfg.device)
+    autocast(device, cfg.precision)  # a precision this device cannot run is named here, before any work
     ckpt_path = Path(cfg.ckpt_path).expanduser().resolve()
     module = SegmentationModule.load_from_checkpoint(ckpt_path).to(device)
     if cfg.data.image_size is None and module.run_config is None:

@@ -6,6 +6,7 @@ No real Carvana file is ever copied here (competition licence): fixtures are dra
 from __future__ import annotations
 
 import csv
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -68,6 +69,13 @@ def write_carvana(
     if masks_csv:
         write_masks_csv(root)
     return root
+
+
+def write_photos(tmp_path: Path, cars: int = 3, views: int = 4, name: str = "test") -> Path:
+    """A folder of unlabelled 64x96 photos like Kaggle's test/, at tmp_path/name."""
+    data = write_carvana(tmp_path / f"{name}_data", cars=cars, views=views, size=(64, 96), seed=9)
+    shutil.rmtree(data / "train_masks")
+    return (data / "train").rename(tmp_path / name)
 
 
 def write_masks_csv(root: Path) -> None:

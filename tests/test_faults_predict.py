@@ -31,16 +31,10 @@ from carvana_seg.data.decode import read_mask
 from carvana_seg.errors import InputError
 from carvana_seg.inference.submission import verify_submission
 from carvana_seg.predict import predict
-from tests.conftest import CONF_DIR, ROOT, write_carvana
+from tests.conftest import CONF_DIR, ROOT
+from tests.conftest import write_photos as photos
 
 FAST = ["data.num_workers=0", "device=cpu"]
-
-
-def photos(tmp_path: Path, cars: int = 3, views: int = 4, name: str = "test") -> Path:
-    """A folder of unlabelled 64x96 photos like Kaggle's test/."""
-    data = write_carvana(tmp_path / f"{name}_data", cars=cars, views=views, size=(64, 96), seed=9)
-    shutil.rmtree(data / "train_masks")
-    return (data / "train").rename(tmp_path / name)
 
 
 def predict_cfg(ckpt: Path, input_dir: Path, output: Path, *overrides: str):

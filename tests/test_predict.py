@@ -6,7 +6,6 @@ import csv
 import gzip
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,14 +22,8 @@ from carvana_seg.data.decode import read_mask
 from carvana_seg.errors import InputError
 from carvana_seg.inference.submission import verify_submission
 from carvana_seg.predict import predict
-from tests.conftest import CONF_DIR, ROOT, write_carvana
-
-
-def photos(tmp_path: Path, count_cars: int = 3, views: int = 4, name: str = "test") -> Path:
-    """A folder of unlabelled photos like Kaggle's test/."""
-    data = write_carvana(tmp_path / f"{name}_data", cars=count_cars, views=views, size=(64, 96), seed=9)
-    shutil.rmtree(data / "train_masks")
-    return (data / "train").rename(tmp_path / name)
+from tests.conftest import CONF_DIR, ROOT
+from tests.conftest import write_photos as photos
 
 
 def predict_cfg(ckpt: Path, input_dir: Path, output: Path, *overrides: str):
@@ -84,7 +77,7 @@ def test_rows_follow_the_sample_submission_and_png_masks(trained, tmp_path):
 
 def test_a_killed_run_resumes_and_ends_with_one_row_per_image(trained, tmp_path):
     ckpt, _ = trained
-    test = photos(tmp_path, count_cars=30, views=16)  # 480 photos
+    test = photos(tmp_path, cars=30, views=16)  # 480 photos
     output = tmp_path / "out"
     command = [
         sys.executable,

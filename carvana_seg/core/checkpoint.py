@@ -55,12 +55,15 @@ def check_checkpoint(checkpoint_path: str | Path) -> Path:
 
 
 def nonfinite_weights(state_dict: Mapping[str, Any]) -> list[str]:
-    """The names of the network's floating-point tensors (`net.*`) that hold NaN or inf."""
-    return [
+    """The names of the network's floating-point tensors (`net.*`) that hold NaN or inf (one
+    device-to-host copy for all of them, not one per tensor)."""
+    names = [
         name
         for name, value in state_dict.items()
-        if name.startswith("net.")
-        and isinstance(value, Tensor)
-        and value.is_floating_point()
-        and not bool(torch.isfinite(value).all())
+        if name.startswith("net.") and isinstance(value, Tensor) and value.is_floating_point()
     ]
+    if not names:
+        return []
+    device = state_dict[names[0]].device
+    finite = torch.stack([torch.isfinite(state_dict[name]).all().to(device) for name in names]).tolist()
+    return [name for name, ok in zip(names, finite, strict=True) if not ok]

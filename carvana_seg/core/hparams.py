@@ -41,6 +41,4 @@ def log_hyperparameters(loggers: Iterable[Logger], config: Mapping[str, Any]) ->
             writer = logger.experiment._get_file_writer()  # as Lightning's own log_hyperparams does
             for summary in (experiment, session_start, session_end):
                 writer.add_summary(summary)
-            logger.log_hyperparams(params)  # hparams.yaml beside the events
-        else:
-            logger.log_hyperparams(params)
+        logger.log_hyperparams(params)  # TensorBoard: hparams.yaml beside the events

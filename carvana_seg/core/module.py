@@ -117,14 +117,24 @@ class SegmentationModule(pl.LightningModule):
         return logits > self.logit_threshold
 
     @torch.no_grad()
-    def predict_logits(self, images: Tensor, tta_hflip: bool = False) -> Tensor:
+    @torch.no_grad()
+    def predict_logits(
+        self, images: Tensor, tta_hflip: bool = False, names: Sequence[str] | None = None
+    ) -> Tensor:
         """fp32 logits (B, 1, h, w) at the input size; with `tta_hflip`, of the mean of the probabilities
-        of the photo and of its mirror image."""
+        of the photo and of its mirror image. Logits that are NaN/inf (broken weights) raise
+        DivergedError, naming the photos when `names` are given: one reduction per batch."""
         logits = self(images).float()
         if tta_hflip:
             mirrored = self(images.flip(-1)).float().flip(-1)
             probability = (torch.sigmoid(logits) + torch.sigmoid(mirrored)) / 2
             logits = torch.logit(probability, eps=1e-7)
+        if not bool(torch.isfinite(logits).all()):
+            which = f" for {', '.join(names)}" if names else ""
+            raise DivergedError(
+                f"the network returns non-finite logits (NaN or inf){which}: its weights are broken; "
+                "no masks were written for these photos"
+            )
         return logits
 
     def predict_step(
@@ -137,12 +147,7 @@ class SegmentationModule(pl.LightningModule):
         read], "error": [...]}. `self.tta_hflip` and `self.predict_threshold` (default: the module's
         threshold) set how; a network that returns NaN/inf raises DivergedError naming the photos.
         """
-        logits = self.predict_logits(batch["image"], self.tta_hflip)
-        if not bool(torch.isfinite(logits).all()):  # one reduction per batch: a broken model
-            raise DivergedError(
-                f"the network returns non-finite logits (NaN or inf) for {', '.join(batch['name'])}: "
-                "its weights are broken; no masks were written for these photos"
-            )
+        logits = self.predict_logits(batch["image"], self.tta_hflip, batch["name"])
         cut = logit_threshold(self.predict_threshold or self.hparams.threshold)
         masks: list[Any] = [None] * len(batch["name"])
         readable = [p for p, error in enumerate(batch["error"]) if not error]

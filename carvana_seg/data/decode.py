@@ -124,14 +124,15 @@ def read_image(path: str | Path, size: tuple[int, int] | None = None) -> np.ndar
     """
     path = Path(path)
     try:
-        data = np.fromfile(path, dtype=np.uint8)
+        raw = path.read_bytes()  # once: the end check, the header and the decode all use these bytes
     except OSError as err:
         raise DataError(f"cannot read image file {path}: {err}") from err
-    head = data[:16].tobytes()
-    problem = _end_problem(head, data.tobytes() if head.startswith(_GIF) else data[-_TAIL:].tobytes())
+    head = raw[:16]
+    problem = _end_problem(head, raw if head.startswith(_GIF) else raw[-_TAIL:])
     if problem is not None:
         raise DataError(f"image file {path} {problem}: fetch it again or remove it")
-    full_h, full_w = image_size(path, data.tobytes())
+    data = np.frombuffer(raw, dtype=np.uint8)
+    full_h, full_w = image_size(path, raw)
     flag, factor = cv2.IMREAD_COLOR, 1
     if size is not None and head.startswith(_JPEG):
         for candidate, reduced in _REDUCED_FLAGS:

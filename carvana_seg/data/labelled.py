@@ -73,11 +73,6 @@ def read_rle_rows(path: Path) -> list[rle.Row]:
         raise DataError(str(err)) from err
 
 
-def read_rle_masks(path: Path) -> dict[str, str]:
-    """train_masks.csv as {image name: run-length string}; a missing or malformed file is named."""
-    return {row.img: row.rle for row in read_rle_rows(path)}
-
-
 def check_rle_rows(path: Path, rows: Sequence[rle.Row], sizes: Mapping[str, tuple[int, int] | None]) -> None:
     """Check every row's run-length string at once, against its photo's (H, W) where `sizes` has it
     (rows of other images, and photos whose header was not read, get every check but that bound):

@@ -21,7 +21,10 @@ def pick_device(device: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"device={device} but no CUDA GPU is visible")
-    return torch.device(device)
+    try:
+        return torch.device(device)
+    except RuntimeError as err:  # torch's own words for a device string it does not know
+        raise InputError(f"device={device}: {err}") from err
 
 
 def autocast(device: torch.device, precision: str = "auto") -> contextlib.AbstractContextManager:
@@ -32,5 +35,5 @@ def autocast(device: torch.device, precision: str = "auto") -> contextlib.Abstra
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if resolved.startswith("bf16") else torch.float16
     if device.type != "cuda" and dtype != torch.bfloat16:
-        raise ValueError(f"precision {precision} needs CUDA; on the CPU use 32-true or bf16-mixed")
+        raise InputError(f"precision {precision} needs CUDA; on the CPU use 32-true or bf16-mixed")
     return torch.autocast(device.type, dtype=dtype)

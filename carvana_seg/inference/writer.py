@@ -3,8 +3,8 @@ mask files, overlay pictures and run-length rows, written by a few threads while
 computed, and committed in parts of the predict output folder (`inference.submission.Output`).
 
 `MaskWriter` is a Lightning `BasePredictionWriter`: `Trainer.predict(module, loader, callbacks=[writer])`
-drives it through its hooks, and the predict command's own loop calls the same `open`, `write` and
-`close`, so the files are the same whichever loop ran.
+drives it through its hooks, which call `open`, `write` and `close` (a hand-written loop may call those
+three itself).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from carvana_seg.data import rle
 from carvana_seg.data.decode import encode_mask, read_image
 from carvana_seg.errors import DataError
 from carvana_seg.inference.overlay import outline_overlay
-from carvana_seg.inference.submission import OVERLAYS, Output, atomic_write
+from carvana_seg.inference.submission import Output, atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class MaskWriter(BasePredictionWriter):
         self.photos = photos
         self.mask_format = masks
         self.mask_folder = None if masks == "none" else output.masks
-        self.overlay_folder = output.folder / OVERLAYS if overlays else None
+        self.overlay_folder = output.overlays if overlays else None
         self.submission = submission
         self.on_error = on_error
         self.threads = threads

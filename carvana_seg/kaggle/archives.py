@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from carvana_seg.durable import fsync_dir, fsync_file
+from carvana_seg.durable import flush_tree, fsync_dir
 from carvana_seg.kaggle.client import DownloadError
 
 # A hidden scratch folder inside --out: a folder only gets its final name once it is complete and checked,
@@ -96,7 +96,7 @@ def unpack(zip_path: Path, archive: Archive, out: Path, expected: Mapping[str, E
         root = _unpacked_root(tmp, archive)
         if archive.is_folder:
             check_count(root, archive, expected, shown_as=out / archive.target)
-        flush_to_disk(root)  # the final name only for data that is on the disk
+        flush_tree(root)  # the final name only for data that is on the disk
         os.replace(root, out / archive.target)
         fsync_dir(out)
     finally:
@@ -121,19 +121,6 @@ def _check_member_names(zf: zipfile.ZipFile, zip_path: Path, target: Path) -> No
             f"{zip_path.name}: refusing to unpack it: its member {name!r} is {why}, which could write "
             f"outside {target}. Kaggle's files have none: delete {zip_path} and run the same command again"
         )
-
-
-def flush_to_disk(path: Path) -> None:
-    """Make a file, or every file of a folder, durable before it is renamed into place: after a crash a
-    final name never points at data that was still in the page cache."""
-    if path.is_dir():
-        if hasattr(os, "sync"):
-            os.sync()  # one call for thousands of files (test.zip holds 100,064)
-            return
-        for item in [*path.rglob("*"), path]:
-            fsync_file(item)
-    else:
-        fsync_file(path)
 
 
 def _members(zf: zipfile.ZipFile) -> list[str]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import logging
 import shutil
 import sys
@@ -32,7 +31,7 @@ from carvana_seg.config import compose
 from carvana_seg.data.layout import car_folds
 from carvana_seg.errors import DataError, InputError
 from carvana_seg.evaluate import evaluate
-from carvana_seg.tools.sweep_summary import find_jobs
+from carvana_seg.tools.sweep_summary import find_jobs, read_json
 
 MARKDOWN = "cross_validation.md"
 EVAL_DIR = "eval_cv"
@@ -88,13 +87,6 @@ class Report:
         return [car for car in self.cars if car not in validated]
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def _check_disjoint(validated: Sequence[tuple[int, Sequence[str]]], sweep_dir: Path) -> None:
     """Raise a DataError when a car is in two jobs' validation cars: (job, cars) pairs."""
     validated_by: dict[str, int] = {}
@@ -133,7 +125,7 @@ def cross_validate(
     jobs = find_jobs(sweep_dir)
     if not jobs:
         raise DataError(f"{sweep_dir} has no job folders (0/, 1/, ...): not a sweep?")
-    splits = {job.num: _read_json(sweep_dir / str(job.num) / "split.json") for job in jobs}
+    splits = {job.num: read_json(sweep_dir / str(job.num) / "split.json") for job in jobs}
     known = [split for split in splits.values() if split]
     if not known:
         raise DataError(f"no job of {sweep_dir} wrote split.json: none got past loading the data")

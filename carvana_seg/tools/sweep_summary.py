@@ -71,7 +71,8 @@ def _read_overrides(job_dir: Path) -> dict[str, str]:
     return overrides
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A job's JSON file, or None when it is missing or unreadable (a job that did not finish)."""
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
@@ -84,8 +85,8 @@ def find_jobs(sweep_dir: Path) -> list[Job]:
     for job_dir in Path(sweep_dir).iterdir():
         if not (job_dir.is_dir() and job_dir.name.isdigit()):
             continue
-        status = _read_json(job_dir / STATUS_FILE) or {}
-        metrics = _read_json(job_dir / "metrics.json")
+        status = read_json(job_dir / STATUS_FILE) or {}
+        metrics = read_json(job_dir / "metrics.json")
         error = status.get("error") or (None if metrics is not None else "no metrics.json")
         jobs.append(Job(int(job_dir.name), _read_overrides(job_dir), metrics, error))
     return sorted(jobs, key=lambda job: job.num)

@@ -29,8 +29,10 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from carvana_seg.config import CONF_DIR
+from carvana_seg.core.edge_band import full_size_masks
 from carvana_seg.core.metrics import SCORES, per_image_scores
 from carvana_seg.core.module import SegmentationModule
+from carvana_seg.core.postprocess import check_steps, postprocess
 from carvana_seg.core.run_config import RunConfig
 from carvana_seg.core.upsample import logit_threshold, to_full_size
 from carvana_seg.data.datamodule import resolve_num_workers
@@ -102,10 +104,19 @@ def _scored(
         targets_small = torch.stack(batch["mask_small"]).to(device)[:, None].bool()
         scores_small = per_image_scores(logits > logit_threshold(threshold), targets_small)
         for full_size, positions in batches_by_size(batch["full_size"]):
-            big = to_full_size(logits[positions], full_size, cfg.upsample)
             target = torch.stack([batch["mask"][p] for p in positions]).to(device)[:, None].bool()
-            per_threshold = {t: per_image_scores(big > logit_threshold(t), target) for t in thresholds}
-            pred = big > logit_threshold(threshold)
+            if cfg.upsample == "bilinear":  # predict's path: on a CPU, only the outline is interpolated
+                masks = {
+                    t: full_size_masks(logits[positions], full_size, logit_threshold(t), cfg.edge_band)
+                    for t in thresholds
+                }
+            else:
+                big = to_full_size(logits[positions], full_size, cfg.upsample)
+                masks = {t: big > logit_threshold(t) for t in thresholds}
+            if cfg.postprocess:
+                masks = {t: _postprocessed(m, cfg.postprocess) for t, m in masks.items()}
+            per_threshold = {t: per_image_scores(mask, target) for t, mask in masks.items()}
+            pred = masks[threshold]
             false_pos = (pred & ~target).flatten(1).sum(1)
             false_neg = (~pred & target).flatten(1).sum(1)
             scores = per_threshold[threshold]
@@ -122,6 +133,13 @@ def _scored(
                 }
 
 
+def _postprocessed(masks: torch.Tensor, steps: list[str]) -> torch.Tensor:
+    """Bool masks (B, 1, H, W) through `core.postprocess` steps, one photo at a time, on their device."""
+    arrays = masks.cpu().view(torch.uint8).numpy()
+    done = np.stack([postprocess(arrays[row, 0], steps) for row in range(arrays.shape[0])])
+    return torch.from_numpy(done.view(bool))[:, None].to(masks.device)
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Score `cfg.ckpt_path` at full and at training size; write the CSV, the summary and the pictures;
     with `cfg.stress`, score the same photos under each studio shift too (stress.csv, `stress`)."""
@@ -131,6 +149,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     device = pick_device(cfg.device)
     if cfg.upsample not in ("bilinear", "nearest"):
         raise InputError(f"upsample must be bilinear or nearest, got {cfg.upsample!r}")
+    check_steps(cfg.postprocess)
+    if not isinstance(cfg.edge_band, bool):
+        raise InputError(f"edge_band must be true or false, got {cfg.edge_band!r}")
     module = SegmentationModule.load_from_checkpoint(cfg.ckpt_path).to(device)
     run = module.run_config
     samples, rle_masks, data_root, split = _samples(cfg, run)
@@ -209,6 +230,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "threshold": threshold,
         "tta_hflip": bool(cfg.tta_hflip),
         "upsample": cfg.upsample,
+        "postprocess": list(cfg.postprocess),
         "full_size": _summary(full),
         "train_size": _summary(small),
         "dice_by_threshold": {f"{t:g}": float(np.mean(v)) for t, v in by_threshold.items()},

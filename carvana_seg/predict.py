@@ -14,6 +14,9 @@ duplicates, two photos that would write one mask file) and every photo's header 
 photo). The output folder is then held by this predict alone (`inference.submission.Output`) and
 remembers its photo list, so a rerun on changed photos is refused. A network that returns NaN or inf
 for a batch stops the run before a mask of that batch is written.
+
+`ckpt_path` may also name a model exported to ONNX (`carvana_seg.export`): `inference.exported` runs it
+with ONNX Runtime on photos decoded as stored, into the same writer.
 """
 
 from __future__ import annotations
@@ -31,10 +34,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from carvana_seg.config import CONF_DIR
 from carvana_seg.core.module import SegmentationModule
+from carvana_seg.core.postprocess import check_steps
 from carvana_seg.core.precision import resolve_precision
 from carvana_seg.data.datamodule import resolve_num_workers
 from carvana_seg.data.photos import PhotoDataset, photo_loader
 from carvana_seg.errors import DataError, DivergedError, InputError, exit_on_input_error
+from carvana_seg.inference.exported import ExportedModel
 from carvana_seg.inference.forward import autocast, pick_device
 from carvana_seg.inference.photo_list import check_headers, list_images
 from carvana_seg.inference.submission import Output
@@ -59,7 +64,7 @@ def check_options(cfg: DictConfig) -> None:
         raise InputError(f"masks must be gif, png or none, got {cfg.masks!r}")
     if cfg.on_error not in ("stop", "skip"):
         raise InputError(f"on_error must be stop or skip, got {cfg.on_error!r}")
-    for key in ("submission", "tta_hflip", "overlays"):
+    for key in ("submission", "tta_hflip", "overlays", "edge_band"):
         if not isinstance(cfg[key], bool):
             raise InputError(f"{key} must be true or false, got {cfg[key]!r}")
     if cfg.masks == "none" and not cfg.submission:
@@ -107,16 +112,17 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     device = pick_device(cfg.device)
     autocast(device, cfg.precision)  # a precision this device cannot run is named here, before any work
     ckpt_path = Path(cfg.ckpt_path).expanduser().resolve()
-    module = SegmentationModule.load_from_checkpoint(ckpt_path).to(device)
-    if cfg.data.image_size is None and module.run_config is None:
-        raise InputError(f"{ckpt_path} does not say its input size: pass data.image_size=[H,W]")
+    module, stored_threshold = _load(cfg, ckpt_path, device)
     if cfg.threshold is None:
-        threshold = check_threshold(module.hparams.threshold, f"the threshold stored in {ckpt_path}")
+        threshold = check_threshold(stored_threshold, f"the threshold stored in {ckpt_path}")
     else:
         threshold = float(cfg.threshold)
-    module.predict_threshold, module.tta_hflip = threshold, bool(cfg.tta_hflip)
+    module.predict_threshold = threshold
+    module.postprocess = check_steps(cfg.postprocess)
     images = list_images(cfg.input, sample, cfg.masks)
-    size = tuple(cfg.data.image_size or module.run_config.image_size)
+    exported = isinstance(module, ExportedModel)
+    device = torch.device("cpu") if exported else device
+    size = tuple(module.image_size if exported else cfg.data.image_size or module.run_config.image_size)
     output = Output(
         output_dir,
         {
@@ -126,6 +132,8 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
             "input_size": list(size),
             "threshold": threshold,
             "tta_hflip": bool(cfg.tta_hflip),
+            # Only when used: a folder an earlier version started (no such key) still resumes.
+            **({"postprocess": module.postprocess} if module.postprocess else {}),
             "masks": cfg.masks,
             "submission": bool(cfg.submission),
         },
@@ -141,7 +149,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     output.claim(wait=float(cfg.lock_wait))
     with output:
         try:
-            result = _run(cfg, module, device, output, images, problems, size)
+            result = _run(cfg, module, device, output, images, problems, None if exported else size)
         except DivergedError as err:
             raise DivergedError(f"{ckpt_path}: {err}") from err
     result["seconds"] = round(time.perf_counter() - started, 2)
@@ -152,17 +160,44 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     return result
 
 
+def _load(cfg: DictConfig, path: Path, device: torch.device) -> tuple[pl.LightningModule, float]:
+    """The model to predict with and its stored threshold: a checkpoint, or an exported ONNX file
+    (`inference.exported`), whose size, precision and device are fixed in it."""
+    if path.suffix.lower() != ".onnx":
+        module = SegmentationModule.load_from_checkpoint(path).to(device)
+        if cfg.data.image_size is None and module.run_config is None:
+            raise InputError(f"{path} does not say its input size: pass data.image_size=[H,W]")
+        module.tta_hflip, module.edge_band = bool(cfg.tta_hflip), bool(cfg.edge_band)
+        return module, module.hparams.threshold
+    # ONNX Runtime runs the file on the CPU: device=auto takes the CPU, an explicit GPU is refused.
+    fixed = {
+        "tta_hflip": cfg.tta_hflip,
+        "data.image_size": cfg.data.image_size,
+        "device": str(cfg.device).startswith("cuda"),
+    }
+    for option, value in fixed.items():
+        if value:
+            raise InputError(
+                f"{option} cannot change an exported model ({path}): predict from the checkpoint"
+            )
+    if not path.is_file():
+        raise InputError(f"ckpt_path {path} does not exist")
+    module = ExportedModel(path, threads=0)
+    return module, module.threshold
+
+
 def _run(
     cfg: DictConfig,
-    module: SegmentationModule,
+    module: pl.LightningModule,
     device: torch.device,
     output: Output,
     images: list[Path],
     problems: dict[str, str],
-    size: tuple[int, ...],
+    size: tuple[int, ...] | None,
 ) -> dict[str, Any]:
     """The prediction proper, in a folder this process holds: the photos not yet committed, through
-    `SegmentationModule.predict_step` in `Trainer.predict`, into a `MaskWriter`."""
+    the module's `predict_step` in `Trainer.predict`, into a `MaskWriter`. `size` None: photos as
+    stored, one per batch (an exported model resizes them itself)."""
     done = output.committed()
     todo = images[done:]
     log.info(
@@ -170,7 +205,8 @@ def _run(
     )
     workers = resolve_num_workers(cfg.data.num_workers)
     dataset = PhotoDataset(todo, size, errors=problems)
-    loader = photo_loader(dataset, cfg.data.batch_size, workers, pin_memory=device.type == "cuda")
+    batch_size = cfg.data.batch_size if size is not None else 1
+    loader = photo_loader(dataset, batch_size, workers, pin_memory=device.type == "cuda")
     writer = MaskWriter(
         output,
         {path.name: path for path in images},
@@ -187,7 +223,7 @@ def _run(
     trainer = pl.Trainer(
         accelerator=device.type,
         devices=[device.index or 0] if device.type == "cuda" else 1,
-        precision=resolve_precision(cfg.precision, device.type),
+        precision=resolve_precision(cfg.precision, device.type) if size is not None else "32-true",
         callbacks=[writer],
         logger=False,
         enable_checkpointing=False,
@@ -200,6 +236,7 @@ def _run(
         "images": len(images),
         "predicted_now": len(todo),
         "skipped_unreadable": len(writer.skipped),
+        "images_per_second_running": writer.running_rate,  # after the first batch: start-up excluded
         "submission": str(submission) if submission else None,
         "masks": str(writer.mask_folder) if writer.mask_folder else None,
         "overlays": str(writer.overlay_folder) if writer.overlay_folder else None,

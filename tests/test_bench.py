@@ -30,8 +30,15 @@ def test_bench_prints_every_section_of_one_table(carvana_dir, tmp_path, capsys):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         rows = bench(compose("bench", overrides=overrides))
     assert {r["section"] for r in rows} == {"loader", "train", "predict"}
-    measured = [r for r in rows if not r["note"].startswith("skipped")]
+    parity = [r for r in rows if r["what"].startswith("parity")]
+    measured = [r for r in rows if not r["note"].startswith("skipped") and r not in parity]
     assert all((r["images_per_s"] or r["seconds"] or 0) > 0 for r in measured)
     assert any("Lightning vs plain" in r["what"] for r in rows)
+    # Predict's two ways to full size side by side, their outputs compared, and the exported network.
+    assert [r["note"] for r in parity] == ["identical", "identical"]
+    assert any("edge band" in r["what"] for r in measured) and any(
+        "full interpolation" in r["what"] for r in measured
+    )
+    assert any("ONNX Runtime" in r["what"] for r in measured)
     table = (tmp_path / "bench" / "table.md").read_text()
     assert table in capsys.readouterr().out and table.count("\n| ") == len(rows) + 1

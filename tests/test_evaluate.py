@@ -129,3 +129,12 @@ def test_a_file_that_is_not_a_checkpoint_is_refused(tmp_path):
         evaluate(eval_cfg(tmp_path, bogus))
     with pytest.raises(InputError, match="does not exist"):
         evaluate(eval_cfg(tmp_path, tmp_path / "missing.ckpt"))
+
+
+def test_the_edge_band_gives_the_scores_of_the_full_interpolation(trained, tmp_path):
+    ckpt, _ = trained
+    band = evaluate(eval_cfg(tmp_path / "band", ckpt, "worst_k=0", "thresholds=[0.3,0.7]"))
+    full = evaluate(eval_cfg(tmp_path / "full", ckpt, "worst_k=0", "thresholds=[0.3,0.7]", "edge_band=false"))
+    assert band["full_size"] == full["full_size"] and band["dice_by_threshold"] == full["dice_by_threshold"]
+    rows = [(tmp_path / run / "eval" / "per_image.csv").read_text() for run in ("band", "full")]
+    assert rows[0] == rows[1]

@@ -63,6 +63,17 @@ def test_rle_rows_decode_back_to_the_written_full_size_masks(trained, tmp_path):
         assert np.array_equal(rle.decode(encoded, (64, 96)), mask)
 
 
+def test_the_edge_band_writes_the_masks_and_rows_of_the_full_interpolation(trained, tmp_path):
+    ckpt, _ = trained
+    test = photos(tmp_path)
+    band = predict(predict_cfg(ckpt, test, tmp_path / "band", "edge_band=true"))
+    full = predict(predict_cfg(ckpt, test, tmp_path / "full", "edge_band=false"))
+    assert submission_rows(tmp_path / "band") == submission_rows(tmp_path / "full")
+    for gif in sorted((tmp_path / "full" / "masks").iterdir()):
+        assert (tmp_path / "band" / "masks" / gif.name).read_bytes() == gif.read_bytes()
+    assert band["images_per_second_running"] > 0 and full["images_per_second_running"] > 0
+
+
 def test_rows_follow_the_sample_submission_and_png_masks(trained, tmp_path):
     ckpt, _ = trained
     test = photos(tmp_path)

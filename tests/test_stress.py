@@ -127,6 +127,7 @@ def test_no_stress_leaves_the_evaluation_as_it_was(trained, tmp_path):
     saved = json.loads((tmp_path / "eval" / "summary.json").read_text())
     assert list(saved) == [
         *("ckpt_path", "data_root", "split", "images", "input_size", "threshold", "tta_hflip", "upsample"),
+        "postprocess",
         *("full_size", "train_size", "dice_by_threshold", "worst", "seconds"),
     ]
     assert not (tmp_path / "eval" / "stress.csv").exists()

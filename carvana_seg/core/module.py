@@ -22,7 +22,9 @@ from torchmetrics import MaxMetric, MeanMetric
 
 from carvana_seg.core.builder import LOSSES, MODELS, build
 from carvana_seg.core.checkpoint import CHECKPOINT_FORMAT, check_checkpoint, nonfinite_weights
+from carvana_seg.core.edge_band import full_size_masks
 from carvana_seg.core.metrics import SegmentationScores
+from carvana_seg.core.postprocess import postprocess
 from carvana_seg.core.run_config import RunConfig
 from carvana_seg.core.upsample import logit_threshold, to_full_size
 from carvana_seg.data.photos import batches_by_size
@@ -103,6 +105,8 @@ class SegmentationModule(pl.LightningModule):
         # How predict_step predicts; set by whoever predicts (the predict command, a user's script).
         self.tta_hflip = False
         self.predict_threshold: float | None = None
+        self.edge_band = True  # False: interpolate every pixel (the same masks, slower; for comparison)
+        self.postprocess: list[str] = []  # inference.postprocess steps applied to each full-size mask
 
     def normalize(self, images: Tensor) -> Tensor:
         """uint8 (or 0..255 float) images to the network's normalised float input."""
@@ -141,7 +145,8 @@ class SegmentationModule(pl.LightningModule):
         self, batch: dict[str, Any], batch_idx: int = 0, dataloader_idx: int = 0
     ) -> dict[str, Any]:
         """Full-size masks of a batch of photos (`carvana_seg.data.photos.PhotoDataset` items): the
-        logits at the input size, brought to each photo's own size bilinearly, then thresholded.
+        logits at the input size, brought to each photo's own size bilinearly, then thresholded (on a CPU
+        through `core.edge_band`, which interpolates only along the outline: identical masks).
 
         Returns {"name": [...], "mask": [uint8 (H, W) array, or None for a photo that could not be
         read], "error": [...]}. `self.tta_hflip` and `self.predict_threshold` (default: the module's
@@ -153,9 +158,10 @@ class SegmentationModule(pl.LightningModule):
         readable = [p for p, error in enumerate(batch["error"]) if not error]
         for full_size, group in batches_by_size([batch["full_size"][p] for p in readable]):
             positions = [readable[g] for g in group]
-            binary = (to_full_size(logits[positions], full_size) > cut).to(torch.uint8).cpu().numpy()
+            binary = full_size_masks(logits[positions], full_size, cut, self.edge_band).cpu()
+            binary = binary.view(torch.uint8).numpy()
             for row, position in enumerate(positions):
-                masks[position] = binary[row, 0]
+                masks[position] = postprocess(binary[row, 0], self.postprocess)
         return {"name": list(batch["name"]), "mask": masks, "error": list(batch["error"])}
 
     def _step(self, batch: dict[str, Tensor], scores: SegmentationScores) -> tuple[Tensor, Tensor]:

@@ -66,7 +66,8 @@ class CarvanaDataModule(pl.LightningDataModule):
         mask_scale: masks at this multiple of `image_size` (1: the same size). Above 1 the module
             brings the logits to the masks' size bilinearly, as evaluation brings them to full size,
             and the loss teaches edges between the network's pixels while the targets stay binary.
-            Only a flip and pixel-level transforms (`augment`) keep photo and finer mask aligned.
+            Only a flip, `data.reframe.Reframe` and pixel-level transforms (`augment`) keep photo and
+            finer mask aligned; other geometric transforms are refused.
         hflip_p: probability of a horizontal flip of a training sample.
         augment: extra albumentations transforms for training samples (after the flip).
         check_files: read every file header at setup, so bad files stop the run before training;
@@ -113,11 +114,17 @@ class CarvanaDataModule(pl.LightningDataModule):
         augment = [
             t for t in (augment.values() if isinstance(augment, Mapping) else augment) if t is not None
         ]
-        moving = [type(t).__name__ for t in augment if not isinstance(t, A.ImageOnlyTransform)]
+        # Albumentations' geometric transforms move the mask by the photo's pixels; Reframe (and any
+        # transform marked `any_resolution`) scales its geometry to each array's own size.
+        moving = [
+            type(t).__name__
+            for t in augment
+            if not isinstance(t, A.ImageOnlyTransform) and not getattr(t, "any_resolution", False)
+        ]
         if mask_scale > 1 and moving:
             raise DataError(
-                f"data.mask_scale={mask_scale} keeps masks finer than the photos, which only a flip and "
-                f"pixel-level transforms keep aligned; data.augment also has {', '.join(moving)}"
+                f"data.mask_scale={mask_scale} keeps masks finer than the photos, which only a flip, "
+                f"Reframe and pixel-level transforms keep aligned; data.augment also has {', '.join(moving)}"
             )
         check_folds(folds, fold)
         if cache and cache_dir is None:

@@ -27,7 +27,8 @@ def train_augmentation(
     """The training-time augmentation: a horizontal flip, then any extra albumentations transforms.
 
     `same_size=False` lets the mask be a multiple of the photo's size: a flip acts on each array
-    alone, so it stays exact (transforms with pixel geometry would not; the data module refuses them).
+    alone, so it stays exact, and `Reframe` scales its geometry to each array; other transforms with pixel
+    geometry would not (the data module refuses them).
     """
     return A.Compose([A.HorizontalFlip(p=hflip_p), *extra], seed=seed, is_check_shapes=same_size)
 

@@ -19,7 +19,8 @@ from carvana_seg.errors import DataError
 
 
 class PhotoDataset(Dataset):
-    """Photos at the network's input size, with their name and full size and, when labelled, their
+    """Photos at the network's input size (`size`; None: as stored, for a model that resizes them
+    itself), with their name and full size and, when labelled, their
     mask at full and at input size. A file that cannot be read comes back as an item with `error`
     set (instead of an exception in a DataLoader worker), so the caller decides: stop or skip; so does
     a photo listed in `errors` (name: why), which a check before the run found broken, without being
@@ -28,13 +29,13 @@ class PhotoDataset(Dataset):
     def __init__(
         self,
         images: Sequence[Path],
-        size: Sequence[int],
+        size: Sequence[int] | None,
         masks: Sequence[Path | None] | None = None,
         rle_masks: Mapping[str, str] | None = None,
         errors: Mapping[str, str] | None = None,
     ) -> None:
         self.images = list(images)
-        self.size = (int(size[0]), int(size[1]))
+        self.size = (int(size[0]), int(size[1])) if size is not None else None
         self.masks = list(masks) if masks is not None else None
         self.rle_masks = rle_masks
         self.errors = dict(errors or {})
@@ -52,14 +53,17 @@ class PhotoDataset(Dataset):
             image = read_image(path, self.size)
             mask = self._mask(index, full_size)
         except DataError as err:
-            item.update(image=torch.zeros(3, *self.size, dtype=torch.uint8), full_size=(0, 0), error=str(err))
+            placeholder = self.size or (1, 1)
+            item.update(
+                image=torch.zeros(3, *placeholder, dtype=torch.uint8), full_size=(0, 0), error=str(err)
+            )
             return item
         item.update(
             image=torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), full_size=full_size
         )
         if mask is not None:
             item["mask"] = torch.from_numpy(mask)
-            item["mask_small"] = torch.from_numpy(resize_mask(mask, self.size))
+            item["mask_small"] = torch.from_numpy(resize_mask(mask, self.size or full_size))
         return item
 
     def _mask(self, index: int, full_size: tuple[int, int]) -> np.ndarray | None:

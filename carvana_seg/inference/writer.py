@@ -10,6 +10,7 @@ three itself).
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -75,6 +76,10 @@ class MaskWriter(BasePredictionWriter):
         self._pending: deque[Future] = deque()
         self._pool: ThreadPoolExecutor | None = None
         self._progress: tqdm | None = None
+        # The rate once started: photos after the first batch over the time from its arrival to the end.
+        self._first: tuple[float, int] | None = None
+        self.written = 0  # rows of this run
+        self.running_rate: float | None = None
 
     def open(self) -> None:
         for folder in (self.mask_folder, self.overlay_folder):
@@ -87,6 +92,8 @@ class MaskWriter(BasePredictionWriter):
     def write(self, prediction: Mapping[str, Any]) -> None:
         """Hand one batch's masks to the threads; keep at most two batches in flight (bounded memory)."""
         assert self._pool is not None, "open() the writer first"
+        if self._first is None:
+            self._first = (time.perf_counter(), len(prediction["name"]))
         for name, mask, error in zip(
             prediction["name"], prediction["mask"], prediction["error"], strict=True
         ):
@@ -107,6 +114,11 @@ class MaskWriter(BasePredictionWriter):
         if self._rows:
             self.output.commit(self._rows)
             self._rows = []
+        if self._first is not None:
+            started, first = self._first
+            after = self.written - first
+            elapsed = time.perf_counter() - started
+            self.running_rate = round(after / elapsed, 2) if after > 0 and elapsed > 0 else None
         self.abort()
         if self.skipped:
             path = self.output.folder / UNREADABLE
@@ -126,6 +138,7 @@ class MaskWriter(BasePredictionWriter):
     def _drain(self, keep: int) -> None:
         while len(self._pending) > keep:
             self._rows.append(self._pending.popleft().result())
+            self.written += 1
             if self._progress is not None:
                 self._progress.update(1)
             if len(self._rows) >= self.chunk_size:

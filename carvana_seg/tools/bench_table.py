@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import resource
 import statistics
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +27,41 @@ def median_rate(run: Callable[[], int], repeats: int) -> float:
     return statistics.median(rates)
 
 
+class PeakMemory:
+    """The peak resident memory of this process while the `with` block runs, sampled every 5 ms from
+    /proc (the kernel's own high-water mark, `ru_maxrss`, cannot be reset between rows). `gib` is None
+    where /proc is missing."""
+
+    def __init__(self) -> None:
+        self.gib: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    @staticmethod
+    def _resident() -> int | None:
+        try:
+            with open("/proc/self/statm") as handle:
+                return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def _sample(self) -> None:
+        while True:
+            resident = self._resident()
+            if resident is not None:
+                self.gib = max(self.gib or 0.0, resident / 2**30)
+            if self._stop.wait(0.005):
+                return
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def row(
     section: str,
     what: str,
@@ -33,6 +70,7 @@ def row(
     seconds: float | None = None,
     peak_gib: float | None = None,
     note: str = "",
+    peak_rss_gib: float | None = None,
 ) -> dict[str, Any]:
     entry = {
         "section": section,
@@ -41,6 +79,7 @@ def row(
         "images_per_s": rate,
         "seconds": seconds,
         "peak_gpu_gib": peak_gib,
+        "peak_rss_gib": peak_rss_gib,
         "note": note,
     }
     log.info("%s", entry)
@@ -66,15 +105,17 @@ def markdown(rows: list[dict], machine: str) -> str:
     lines = [
         f"Machine: {machine}",
         "",
-        "| stage | what | setting | images/s | seconds | peak GPU GiB | note |",
-        "|---|---|---|---:|---:|---:|---|",
+        "| stage | what | setting | images/s | seconds | peak GPU GiB | peak RSS GiB | note |",
+        "|---|---|---|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         rate = f"{r['images_per_s']:.1f}" if r["images_per_s"] is not None else ""
         seconds = f"{r['seconds']:.3f}" if r["seconds"] is not None else ""
         peak = f"{r['peak_gpu_gib']:.2f}" if r["peak_gpu_gib"] is not None else ""
+        rss = f"{r['peak_rss_gib']:.2f}" if r.get("peak_rss_gib") is not None else ""
         lines.append(
-            f"| {r['section']} | {r['what']} | {r['setting']} | {rate} | {seconds} | {peak} | {r['note']} |"
+            f"| {r['section']} | {r['what']} | {r['setting']} | {rate} | {seconds} | {peak} | {rss} "
+            f"| {r['note']} |"
         )
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     lines += ["", f"Peak resident memory of the benchmark process: {peak_rss:.2f} GiB."]

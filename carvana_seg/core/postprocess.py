@@ -1,0 +1,60 @@
+"""Clean-ups of a full-size mask after the threshold, off by default (`postprocess=[largest,fill_holes]`
+in evaluate and predict): a Carvana photo shows one car, in one piece, without holes.
+
+- `largest`: keep the largest connected piece of car (8-connected); stray blobs on the floor or the
+  backdrop go, and so would a piece of the car cut off by a thin gap (an antenna's tip).
+- `fill_holes`: background that does not reach the frame's edge (4-connected) becomes car: holes in
+  windows and wheels go, and so would background truly enclosed by the car.
+
+Whether each helps is measured on the car folds (docs/RESULTS.md), not assumed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import cv2
+import numpy as np
+
+from carvana_seg.errors import InputError
+
+
+def largest(mask: np.ndarray) -> np.ndarray:
+    """The largest 8-connected piece of a uint8 {0, 1} mask."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    if count <= 2:  # background and at most one piece
+        return mask
+    keep = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    return (labels == keep).view(np.uint8)
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """The mask with every 4-connected piece of background that does not touch the frame's edge filled."""
+    count, labels = cv2.connectedComponents(1 - mask, connectivity=4)
+    if count <= 1:  # no background at all
+        return mask
+    edge = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
+    outside = np.zeros(count, dtype=bool)
+    outside[edge] = True
+    outside[0] = False  # label 0 is the car itself
+    return (~outside[labels]).view(np.uint8)
+
+
+STEPS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"largest": largest, "fill_holes": fill_holes}
+
+
+def check_steps(names: Sequence[str] | None) -> list[str]:
+    """The post-processing step names, checked: an InputError names unknown ones and lists the known."""
+    names = [str(name) for name in (names or [])]
+    unknown = [name for name in names if name not in STEPS]
+    if unknown:
+        raise InputError(f"unknown postprocess step(s) {unknown}: choose from {', '.join(STEPS)}")
+    return names
+
+
+def postprocess(mask: np.ndarray, steps: Sequence[str]) -> np.ndarray:
+    """`mask` (uint8 {0, 1}, H x W) through each of `steps` in order."""
+    mask = np.ascontiguousarray(mask, dtype=np.uint8)
+    for step in steps:
+        mask = STEPS[step](mask)
+    return mask

@@ -1,0 +1,62 @@
+"""Post-processing of full-size masks: keep the largest piece of car, fill holes; off by default, named
+in evaluate and predict, and an unknown step is refused before any work."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from carvana_seg.core.postprocess import check_steps, fill_holes, largest, postprocess
+from carvana_seg.errors import InputError
+from carvana_seg.evaluate import evaluate
+from carvana_seg.predict import predict
+from tests.conftest import write_photos
+from tests.test_evaluate import eval_cfg
+from tests.test_predict import predict_cfg, submission_rows
+
+
+def car_with_blob_and_hole() -> np.ndarray:
+    mask = np.zeros((40, 60), np.uint8)
+    mask[10:30, 10:40] = 1  # the car
+    mask[18:22, 20:24] = 0  # a hole in it
+    mask[35:38, 50:55] = 1  # a blob on the floor
+    return mask
+
+
+def test_largest_keeps_only_the_biggest_piece():
+    out = largest(car_with_blob_and_hole())
+    assert out[35:38, 50:55].sum() == 0 and out[10:30, 10:40].sum() == 20 * 30 - 16
+    one_piece = np.zeros((8, 8), np.uint8)
+    one_piece[2:5, 2:5] = 1
+    assert np.array_equal(largest(one_piece), one_piece)
+
+
+def test_fill_holes_fills_enclosed_background_and_keeps_background_that_reaches_the_edge():
+    out = fill_holes(car_with_blob_and_hole())
+    assert out[18:22, 20:24].all() and out[0].sum() == 0 and out[35:38, 50:55].all()
+    # A car across the whole width splits the background in two pieces, both touching the edge: kept.
+    band = np.zeros((20, 30), np.uint8)
+    band[8:12] = 1
+    assert np.array_equal(fill_holes(band), band)
+
+
+def test_steps_run_in_order_and_unknown_ones_are_named():
+    mask = car_with_blob_and_hole()
+    assert np.array_equal(postprocess(mask, ["largest", "fill_holes"]), fill_holes(largest(mask)))
+    assert np.array_equal(postprocess(mask, []), mask)
+    with pytest.raises(InputError, match=r"unknown postprocess step\(s\) \['biggest'\]: choose from largest"):
+        check_steps(["biggest"])
+
+
+def test_evaluate_and_predict_apply_the_steps_and_refuse_unknown_ones_first(trained, tmp_path):
+    ckpt, _ = trained
+    summary = evaluate(eval_cfg(tmp_path / "e", ckpt, "postprocess=[largest,fill_holes]", "worst_k=0"))
+    assert summary["postprocess"] == ["largest", "fill_holes"] and 0 < summary["full_size"]["dice"] <= 1
+    test = write_photos(tmp_path)
+    predict(predict_cfg(ckpt, test, tmp_path / "out", "postprocess=[largest]", "masks=none"))
+    assert len(submission_rows(tmp_path / "out")) == 13
+    with pytest.raises(InputError, match="unknown postprocess"):
+        predict(predict_cfg(ckpt, test, tmp_path / "bad", "postprocess=[blob]"))
+    assert not (tmp_path / "bad").exists()
+    with pytest.raises(InputError, match="unknown postprocess"):
+        evaluate(eval_cfg(tmp_path / "e2", ckpt, "postprocess=[blob]"))

@@ -1,0 +1,57 @@
+"""predict from an exported ONNX file (`ckpt_path=model.onnx`): the file's graph resizes each photo
+itself, so the command hands it photos as stored and writes the same kinds of output; options an
+exported model cannot honour, and files that are not carvana_seg exports, are refused first."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from carvana_seg.config import compose
+from carvana_seg.data import rle
+from carvana_seg.errors import InputError
+from carvana_seg.export import export
+from carvana_seg.predict import predict
+from tests.conftest import write_photos
+from tests.test_predict import predict_cfg, submission_rows
+
+
+@pytest.fixture(scope="module")
+def exported(trained, tmp_path_factory):
+    path = tmp_path_factory.mktemp("onnx") / "car.onnx"
+    export(compose("export", [f"ckpt_path={trained[0]}", f"output={path}", "verify=false"]))
+    return path
+
+
+def test_predict_runs_the_onnx_file_like_its_checkpoint(trained, exported, tmp_path):
+    test = write_photos(tmp_path)
+    result = predict(predict_cfg(exported, test, tmp_path / "onnx", "masks=png"))
+    predict(predict_cfg(trained[0], test, tmp_path / "ckpt", "masks=none"))
+    onnx_rows, ckpt_rows = submission_rows(tmp_path / "onnx"), submission_rows(tmp_path / "ckpt")
+    assert result["images"] == 12 and [r[0] for r in onnx_rows] == [r[0] for r in ckpt_rows]
+    assert len(list((tmp_path / "onnx" / "masks").iterdir())) == 12
+    # The same network: masks differ only along the outline (full-size decode in the graph vs the
+    # checkpoint path's reduced JPEG decode).
+    for (_, a), (_, b) in zip(onnx_rows[1:], ckpt_rows[1:], strict=True):
+        assert (rle.decode(a, (64, 96)) != rle.decode(b, (64, 96))).mean() < 0.03
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["tta_hflip=true"], "tta_hflip cannot change an exported model"),
+        (["data.image_size=[16,24]"], "data.image_size cannot change an exported model"),
+    ],
+)
+def test_options_an_exported_model_cannot_honour_are_refused_first(exported, tmp_path, overrides, message):
+    with pytest.raises(InputError, match=message):
+        predict(predict_cfg(exported, write_photos(tmp_path), tmp_path / "out", *overrides))
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_file_that_is_not_a_carvana_seg_export_is_refused_by_name(tmp_path):
+    garbage = tmp_path / "model.onnx"
+    garbage.write_bytes(np.random.default_rng(0).bytes(300))
+    with pytest.raises(InputError, match=r"model\.onnx is not a model ONNX Runtime can run"):
+        predict(predict_cfg(garbage, write_photos(tmp_path), tmp_path / "out"))
+    assert not (tmp_path / "out").exists()

@@ -105,12 +105,12 @@ def _scored(
         scores_small = per_image_scores(logits > logit_threshold(threshold), targets_small)
         for full_size, positions in batches_by_size(batch["full_size"]):
             target = torch.stack([batch["mask"][p] for p in positions]).to(device)[:, None].bool()
-            if cfg.upsample == "bilinear":  # predict's path: on a CPU, only the outline is interpolated
+            cpu_band = cfg.upsample == "bilinear" and cfg.edge_band and logits.device.type == "cpu"
+            if cpu_band:  # predict's path: only the outline is interpolated, once per threshold
                 masks = {
-                    t: full_size_masks(logits[positions], full_size, logit_threshold(t), cfg.edge_band)
-                    for t in thresholds
+                    t: full_size_masks(logits[positions], full_size, logit_threshold(t)) for t in thresholds
                 }
-            else:
+            else:  # one interpolation for every threshold
                 big = to_full_size(logits[positions], full_size, cfg.upsample)
                 masks = {t: big > logit_threshold(t) for t in thresholds}
             if cfg.postprocess:

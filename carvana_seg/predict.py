@@ -174,6 +174,7 @@ def _load(cfg: DictConfig, path: Path, device: torch.device) -> tuple[pl.Lightni
         "tta_hflip": cfg.tta_hflip,
         "data.image_size": cfg.data.image_size,
         "device": str(cfg.device).startswith("cuda"),
+        "precision": cfg.precision not in ("auto", "32", "32-true"),
     }
     for option, value in fixed.items():
         if value:

@@ -44,6 +44,7 @@ def test_steps_run_in_order_and_unknown_ones_are_named():
     mask = car_with_blob_and_hole()
     assert np.array_equal(postprocess(mask, ["largest", "fill_holes"]), fill_holes(largest(mask)))
     assert np.array_equal(postprocess(mask, []), mask)
+    assert check_steps("largest") == ["largest"]  # postprocess=largest on the command line: one step
     with pytest.raises(InputError, match=r"unknown postprocess step\(s\) \['biggest'\]: choose from largest"):
         check_steps(["biggest"])
 

@@ -41,6 +41,7 @@ def test_predict_runs_the_onnx_file_like_its_checkpoint(trained, exported, tmp_p
     [
         (["tta_hflip=true"], "tta_hflip cannot change an exported model"),
         (["data.image_size=[16,24]"], "data.image_size cannot change an exported model"),
+        (["precision=bf16-mixed"], "precision cannot change an exported model"),
     ],
 )
 def test_options_an_exported_model_cannot_honour_are_refused_first(exported, tmp_path, overrides, message):

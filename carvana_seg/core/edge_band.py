@@ -37,7 +37,7 @@ def _fma(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
     return (a.astype(np.float64) * b + c).astype(F32)
 
 
-@lru_cache(maxsize=16)
+@lru_cache(maxsize=64)
 def axis_weights(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """For each output index: the two input indices and their float32 weights, as PyTorch's CPU kernel
     computes them (ratio in float32, source index by a fused multiply-add, clamped at 0)."""
@@ -48,6 +48,8 @@ def axis_weights(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndar
     lambda1 = np.clip(source - index0.astype(F32), F32(0), F32(1)).astype(F32)
     index1 = index0 + (index0 < n_in - 1)
     lambda0 = (F32(1) - lambda1).astype(F32)
+    for shared in (index0, index1, lambda0, lambda1):  # cached: every caller sees the same arrays
+        shared.setflags(write=False)
     return index0, index1, lambda0, lambda1
 
 
@@ -115,7 +117,7 @@ def _cell_pixels(
     return np.repeat(rows, per_row), _ranges(col_start[segment_cols], per_row)
 
 
-@lru_cache(maxsize=16)
+@lru_cache(maxsize=64)
 def matches_torch(low: tuple[int, int], size: tuple[int, int]) -> bool:
     """Whether `_interpolate` reproduces this machine's `F.interpolate` bit for bit at these sizes, on a
     seeded random probe of the whole frame (checked once per size pair)."""

@@ -45,6 +45,8 @@ STEPS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"largest": largest, "fil
 
 def check_steps(names: Sequence[str] | None) -> list[str]:
     """The post-processing step names, checked: an InputError names unknown ones and lists the known."""
+    if isinstance(names, str):  # postprocess=largest: one step, not its letters
+        names = [names]
     names = [str(name) for name in (names or [])]
     unknown = [name for name in names if name not in STEPS]
     if unknown:

@@ -28,32 +28,46 @@ def median_rate(run: Callable[[], int], repeats: int) -> float:
 
 
 class PeakMemory:
-    """The peak resident memory of this process while the `with` block runs, sampled every 5 ms from
-    /proc (the kernel's own high-water mark, `ru_maxrss`, cannot be reset between rows). `gib` is None
-    where /proc is missing."""
+    """How much resident memory the `with` block adds at its peak: this process and its children (the
+    DataLoader's workers), sampled every 5 ms from /proc, less this process's memory at the start (the
+    kernel's own high-water mark, `ru_maxrss`, cannot be reset between rows). `gib` is None where /proc
+    is missing."""
 
     def __init__(self) -> None:
         self.gib: float | None = None
+        self._start: int | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
     @staticmethod
-    def _resident() -> int | None:
+    def _resident(pid: int | str = "self") -> int | None:
         try:
-            with open("/proc/self/statm") as handle:
+            with open(f"/proc/{pid}/statm") as handle:
                 return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
         except (OSError, ValueError, IndexError):
             return None
 
+    @staticmethod
+    def _children() -> list[str]:
+        found = []
+        for task in Path("/proc/self/task").glob("*/children"):
+            try:
+                found += task.read_text().split()
+            except OSError:
+                continue
+        return found
+
     def _sample(self) -> None:
         while True:
-            resident = self._resident()
-            if resident is not None:
-                self.gib = max(self.gib or 0.0, resident / 2**30)
+            own = self._resident()
+            if own is not None and self._start is not None:
+                total = own + sum(self._resident(pid) or 0 for pid in self._children())
+                self.gib = max(self.gib or 0.0, (total - self._start) / 2**30)
             if self._stop.wait(0.005):
                 return
 
     def __enter__(self) -> PeakMemory:
+        self._start = self._resident()
         self._thread.start()
         return self
 
@@ -105,7 +119,7 @@ def markdown(rows: list[dict], machine: str) -> str:
     lines = [
         f"Machine: {machine}",
         "",
-        "| stage | what | setting | images/s | seconds | peak GPU GiB | peak RSS GiB | note |",
+        "| stage | what | setting | images/s | seconds | peak GPU GiB | peak RSS added GiB | note |",
         "|---|---|---|---:|---:|---:|---:|---|",
     ]
     for r in rows:

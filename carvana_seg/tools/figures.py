@@ -2,7 +2,8 @@
 
     python -m carvana_seg.tools.figures runs/study --out docs/images
 
-writes `study_curves.png` (validation dice per epoch: CNN vs U-Net, and the three losses) and
+writes `study_curves.png` (validation dice and pixel accuracy per step: CNN vs U-Net, and the three
+losses) and
 `study_table.md` (the sweep's summary table) and, scoring the best U-Net of the study at full size with
 the evaluate command, `worst_errors.png` (its worst validation image: false positives and negatives).
 Curves come from the TensorBoard event files through tensorboard's own reader.
@@ -41,26 +42,30 @@ def label(job: Job) -> str:
     return " ".join(job.overrides.get(key, "?") for key in ("model", "loss"))
 
 
-def study_curves(sweep_dir: str | Path, tag: str = "val/dice") -> Figure:
-    """Two panels of `tag` against the training step: every job by model, then the U-Net's losses."""
+def study_curves(sweep_dir: str | Path, tag: str | Sequence[str] = "val/dice") -> Figure:
+    """Two panels per tag (one row each) against the training step: every job by model, then the
+    U-Net's losses; `tag=("val/dice", "val/accuracy")` shows accuracy beside dice, as the seed did."""
     sweep_dir = Path(sweep_dir)
+    tags = [tag] if isinstance(tag, str) else list(tag)
     jobs = [job for job in find_jobs(sweep_dir) if job.metrics is not None]
-    figure, (by_model, by_loss) = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    figure, panels = plt.subplots(len(tags), 2, figsize=(11, 4 * len(tags)), squeeze=False)
     styles = {"cnn": ":", "unet": "-", "resnet_unet": "--"}
-    for job in jobs:
-        steps, values = read_scalars(sweep_dir / str(job.num), tag)
-        model = job.overrides.get("model", "?")
-        by_model.plot(steps, values, styles.get(model, "-."), marker=".", label=label(job))
-        if model == "unet":
-            by_loss.plot(steps, values, marker=".", label=job.overrides.get("loss", "?"))
-    by_model.set_title(f"{tag}: CNN (dotted) vs U-Net (solid)")
-    by_loss.set_title(f"{tag} of the U-Net by loss")
-    for axes in (by_model, by_loss):
-        axes.set_xlabel("training step")
-        axes.grid(alpha=0.3)
-        if axes.get_legend_handles_labels()[0]:
-            axes.legend(fontsize=8, loc="lower right")
-    by_model.set_ylabel(tag)
+    for (by_model, by_loss), name in zip(panels, tags, strict=True):
+        by_loss.sharey(by_model)
+        for job in jobs:
+            steps, values = read_scalars(sweep_dir / str(job.num), name)
+            model = job.overrides.get("model", "?")
+            by_model.plot(steps, values, styles.get(model, "-."), marker=".", label=label(job))
+            if model == "unet":
+                by_loss.plot(steps, values, marker=".", label=job.overrides.get("loss", "?"))
+        by_model.set_title(f"{name}: CNN (dotted) vs U-Net (solid)")
+        by_loss.set_title(f"{name} of the U-Net by loss")
+        for axes in (by_model, by_loss):
+            axes.set_xlabel("training step")
+            axes.grid(alpha=0.3)
+            if axes.get_legend_handles_labels()[0]:
+                axes.legend(fontsize=8, loc="lower right")
+        by_model.set_ylabel(name)
     figure.tight_layout()
     return figure
 
@@ -97,7 +102,7 @@ def make_all(sweep_dir: str | Path, out_dir: str | Path) -> list[Path]:
     if not any(job.metrics for job in jobs):
         raise FileNotFoundError(f"{sweep_dir} holds no finished job (run `make study` first)")
     curves = out_dir / "study_curves.png"
-    figure = study_curves(sweep_dir)
+    figure = study_curves(sweep_dir, ("val/dice", "val/accuracy"))
     figure.savefig(curves, dpi=110)
     plt.close(figure)
     table = out_dir / "study_table.md"

@@ -29,7 +29,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from carvana_seg.config import CONF_DIR
-from carvana_seg.core.edge_band import full_size_masks
+from carvana_seg.core.edge_band import thresholded
 from carvana_seg.core.metrics import SCORES, per_image_scores
 from carvana_seg.core.module import SegmentationModule
 from carvana_seg.core.postprocess import check_steps, postprocess
@@ -105,14 +105,13 @@ def _scored(
         scores_small = per_image_scores(logits > logit_threshold(threshold), targets_small)
         for full_size, positions in batches_by_size(batch["full_size"]):
             target = torch.stack([batch["mask"][p] for p in positions]).to(device)[:, None].bool()
-            cpu_band = cfg.upsample == "bilinear" and cfg.edge_band and logits.device.type == "cpu"
-            if cpu_band:  # predict's path: only the outline is interpolated, once per threshold
-                masks = {
-                    t: full_size_masks(logits[positions], full_size, logit_threshold(t)) for t in thresholds
-                }
-            else:  # one interpolation for every threshold
+            cuts = [logit_threshold(t) for t in thresholds]
+            if cfg.upsample == "bilinear":  # predict's path (the edge band on a CPU)
+                found = thresholded(logits[positions], full_size, cuts, cfg.edge_band)
+            else:
                 big = to_full_size(logits[positions], full_size, cfg.upsample)
-                masks = {t: big > logit_threshold(t) for t in thresholds}
+                found = [big > cut for cut in cuts]
+            masks = dict(zip(thresholds, found, strict=True))
             if cfg.postprocess:
                 masks = {t: _postprocessed(m, cfg.postprocess) for t, m in masks.items()}
             per_threshold = {t: per_image_scores(mask, target) for t, mask in masks.items()}

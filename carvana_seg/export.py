@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from carvana_seg.config import CONF_DIR
 from carvana_seg.core.module import SegmentationModule
 from carvana_seg.errors import InputError, exit_on_input_error
+from carvana_seg.inference.exported import SIZE_KEY, THRESHOLD_KEY
 
 log = logging.getLogger(__name__)
 
@@ -179,8 +180,8 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     threshold = float(module.hparams.threshold)
     metadata = {
         "carvana_seg.checkpoint": str(ckpt),
-        "carvana_seg.image_size": json.dumps(list(size)),
-        "carvana_seg.threshold": str(threshold),
+        SIZE_KEY: json.dumps(list(size)),
+        THRESHOLD_KEY: str(threshold),
         "carvana_seg.input": "uint8 RGB photo (1, 3, H, W), any H and W",
         "carvana_seg.output": "car probability (1, 1, H, W)",
     }

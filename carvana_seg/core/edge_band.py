@@ -3,11 +3,11 @@
 A full-size pixel's bilinear value is a weighted mean of its four nearest low-resolution logits, so
 where all four lie clearly on one side of the threshold, so does the pixel: it takes that side without
 being computed. Only the cells where the four straddle the threshold (a thin band along the outline,
-about 4% of a Carvana photo) are interpolated, with the arithmetic of PyTorch's CPU kernel for
+about 1% of a Carvana photo's pixels) are interpolated, with the arithmetic of PyTorch's CPU kernel for
 `F.interpolate(mode="bilinear", align_corners=False)` on float32 (its weights, and its sums as fused
 multiply-adds). The masks are therefore identical, bit for bit, to thresholding the full interpolation
-(`core.upsample.to_full_size`); `EdgeBandMasks` proves it once per size on a probe against this
-machine's PyTorch and falls back to the full interpolation if a build computes otherwise.
+(`core.upsample.to_full_size`); `matches_torch` proves it once per size on a probe against this
+machine's PyTorch, and `thresholded` falls back to the full interpolation if a build computes otherwise.
 """
 
 from __future__ import annotations
@@ -81,13 +81,13 @@ def band_mask(logits: np.ndarray, size: Sequence[int], cut: float) -> np.ndarray
     high = np.maximum(logits, logits[rows_next])
     low = np.minimum(low, low[:, cols_next])
     high = np.maximum(high, high[:, cols_next])
-    car = (low > cut32 + margin).view(np.uint8)
-    edge = ~((low > cut32 + margin) | (high < cut32 - margin))
+    car = low > cut32 + margin
+    edge = ~(car | (high < cut32 - margin))
     if edge.mean() > MAX_BAND:
         full = to_full_size(torch.from_numpy(logits)[None, None], (height, width))[0, 0]
         return (full > cut).numpy().view(np.uint8)
     # Spread each cell over its output pixels: one take of columns, one of whole rows.
-    mask = car.take(x0, axis=1).take(y0, axis=0)
+    mask = car.view(np.uint8).take(x0, axis=1).take(y0, axis=0)
     cell_rows, cell_cols = np.nonzero(edge)
     if cell_rows.size:
         rows, cols = _cell_pixels(cell_rows, cell_cols, y0, x0)
@@ -134,15 +134,28 @@ def matches_torch(low: tuple[int, int], size: tuple[int, int]) -> bool:
     return same
 
 
+def thresholded(
+    logits: torch.Tensor, size: Sequence[int], cuts: Sequence[float], edge_band: bool = True
+) -> list[torch.Tensor]:
+    """For each logit threshold of `cuts`, bool masks (B, 1, H, W) of logits (B, 1, h, w) brought to
+    `size` bilinearly, on the logits' device: `to_full_size(logits, size) > cut`. On the CPU, where the
+    band is proven equal, through the edge band (once per threshold); otherwise (`edge_band=False`, a
+    GPU, another rounding) one full interpolation serves every threshold."""
+    size = (int(size[0]), int(size[1]))
+    if not edge_band or logits.device.type != "cpu" or not matches_torch(tuple(logits.shape[-2:]), size):
+        full = to_full_size(logits, size)
+        return [full > cut for cut in cuts]
+    low = logits.detach().float().numpy()
+    return [
+        torch.from_numpy(
+            np.stack([band_mask(low[row, 0], size, cut) for row in range(low.shape[0])]).view(bool)
+        )[:, None]
+        for cut in cuts
+    ]
+
+
 def full_size_masks(
     logits: torch.Tensor, size: Sequence[int], cut: float, edge_band: bool = True
 ) -> torch.Tensor:
-    """Bool masks (B, 1, H, W) of logits (B, 1, h, w) brought to `size` bilinearly and `> cut`, on the
-    logits' device: `(to_full_size(logits, size) > cut)`, through the edge band on the CPU where it is
-    proven equal (`edge_band=False`, or a GPU, interpolates in full)."""
-    size = (int(size[0]), int(size[1]))
-    if not edge_band or logits.device.type != "cpu" or not matches_torch(tuple(logits.shape[-2:]), size):
-        return to_full_size(logits, size) > cut
-    low = logits.detach().float().numpy()
-    masks = np.stack([band_mask(low[row, 0], size, cut) for row in range(low.shape[0])])
-    return torch.from_numpy(masks.view(bool))[:, None]
+    """`thresholded` at one threshold: bool masks (B, 1, H, W), `(to_full_size(logits, size) > cut)`."""
+    return thresholded(logits, size, [cut], edge_band)[0]

@@ -121,7 +121,6 @@ class SegmentationModule(pl.LightningModule):
         return logits > self.logit_threshold
 
     @torch.no_grad()
-    @torch.no_grad()
     def predict_logits(
         self, images: Tensor, tta_hflip: bool = False, names: Sequence[str] | None = None
     ) -> Tensor:

@@ -21,6 +21,7 @@ import pytorch_lightning as pl
 from carvana_seg.core.postprocess import postprocess
 from carvana_seg.errors import DivergedError, InputError
 
+# The metadata carvana_seg.export writes into every file, read back here.
 THRESHOLD_KEY = "carvana_seg.threshold"
 SIZE_KEY = "carvana_seg.image_size"
 

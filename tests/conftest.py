@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from PIL import Image
 
 from carvana_seg.data import rle
+from carvana_seg.data.datamodule import CarvanaDataModule
 from carvana_seg.data.decode import encode_mask, read_mask
 from carvana_seg.train import train
 
@@ -76,6 +77,18 @@ def write_photos(tmp_path: Path, cars: int = 3, views: int = 4, name: str = "tes
     data = write_carvana(tmp_path / f"{name}_data", cars=cars, views=views, size=(64, 96), seed=9)
     shutil.rmtree(data / "train_masks")
     return (data / "train").rename(tmp_path / name)
+
+
+def fine_mask_module(tmp_path: Path, augment: dict) -> CarvanaDataModule:
+    """A data module, set up for fit, over 3 written cars at 96x144: photos at 24x36, masks at twice
+    that (`mask_scale=2`), no flip, and `augment` (name -> transform)."""
+    root = write_carvana(tmp_path / "data", cars=3, views=2, size=(96, 144))
+    cache = tmp_path / "cache"
+    module = CarvanaDataModule(
+        root, (24, 36), num_workers=0, cache_dir=cache, mask_scale=2, hflip_p=0.0, augment=augment
+    )
+    module.setup("fit")
+    return module
 
 
 def write_masks_csv(root: Path) -> None:

@@ -7,10 +7,9 @@ import albumentations as A
 import numpy as np
 import pytest
 
-from carvana_seg.data.datamodule import CarvanaDataModule
 from carvana_seg.data.reframe import Reframe, warp
 from carvana_seg.errors import DataError
-from tests.conftest import write_carvana
+from tests.conftest import fine_mask_module
 
 
 def box(shape: tuple[int, int], scale: int) -> np.ndarray:
@@ -67,17 +66,7 @@ def test_bad_ranges_are_refused_by_name(kwargs, message):
 
 
 def test_the_data_module_takes_reframe_with_finer_masks_and_its_items_move_together(tmp_path):
-    root = write_carvana(tmp_path / "data", cars=3, views=2, size=(96, 144))
-    module = CarvanaDataModule(
-        root,
-        (24, 36),
-        num_workers=0,
-        cache_dir=tmp_path / "cache",
-        mask_scale=2,
-        hflip_p=0.0,
-        augment={"reframe": Reframe(zoom=(0.6, 0.6), shift=(0.0, 0.0), p=1.0)},
-    )
-    module.setup("fit")
+    module = fine_mask_module(tmp_path, {"reframe": Reframe(zoom=(0.6, 0.6), shift=(0.0, 0.0), p=1.0)})
     image, mask = module.train_set.load(0)
     item = module.train_set[0]
     assert item["image"].shape == (3, 24, 36) and item["mask"].shape == (1, 48, 72)

@@ -106,10 +106,11 @@ def test_real_data_recipes_validate_their_last_epoch(recipe):
     assert cfg.data.cache and cfg.callbacks.model_checkpoint.save_last
 
 
-@pytest.mark.parametrize("recipe", ["carvana_cpu", "carvana_cpu_augment"])
+@pytest.mark.parametrize("recipe", ["carvana_cpu", "carvana_cpu_augment", "carvana_cpu augment=dark_floor"])
 @pytest.mark.parametrize("model", ["cnn", "unet", "unet_transposed", "unet_cpu", "resnet_unet"])
 def test_real_data_recipes_take_any_network(recipe, model):
-    overrides = [f"experiment={recipe}", f"model={model}", "data.root=/data", "paths.output_dir=x"]
+    overrides = [f"experiment={recipe.split()[0]}", *recipe.split()[1:], f"model={model}", "data.root=/data"]
+    overrides.append("paths.output_dir=x")
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
     net = instantiate(cfg.model)

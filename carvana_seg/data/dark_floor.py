@@ -20,6 +20,7 @@ import albumentations as A
 import cv2
 import numpy as np
 
+from carvana_seg.data.option_range import option_range
 from carvana_seg.errors import DataError
 
 
@@ -43,10 +44,10 @@ class DarkFloor(A.DualTransform):
         super().__init__(p=p)
         self.band_p = _share("band_p", band_p)
         self.shadow_p = _share("shadow_p", shadow_p)
-        self.darkness = _range("darkness", darkness)
-        self.band_gap = _range("band_gap", band_gap)
-        self.band_height = _range("band_height", band_height)
-        self.shadow_height = _range("shadow_height", shadow_height)
+        self.darkness = option_range("DarkFloor", "darkness", darkness, low=0.0, high=1.0)
+        self.band_gap = option_range("DarkFloor", "band_gap", band_gap, low=0.0, high=1.0)
+        self.band_height = option_range("DarkFloor", "band_height", band_height, low=0.0, high=1.0)
+        self.shadow_height = option_range("DarkFloor", "shadow_height", shadow_height, low=0.0, high=1.0)
 
     def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
         mask = data["mask"]
@@ -114,13 +115,3 @@ def _share(name: str, value: float) -> float:
     if not 0.0 <= float(value) <= 1.0:
         raise DataError(f"DarkFloor {name} must be a probability in [0, 1], got {value!r}")
     return float(value)
-
-
-def _range(name: str, values: Sequence[float]) -> tuple[float, float]:
-    try:
-        lo, hi = (float(v) for v in values)
-    except (TypeError, ValueError):
-        raise DataError(f"DarkFloor {name} must be [low, high], got {values!r}") from None
-    if not 0.0 <= lo <= hi <= 1.0:
-        raise DataError(f"DarkFloor {name} must be [low, high] with 0 <= low <= high <= 1, got {[lo, hi]}")
-    return lo, hi

@@ -16,7 +16,7 @@ import albumentations as A
 import cv2
 import numpy as np
 
-from carvana_seg.errors import DataError
+from carvana_seg.data.option_range import option_range
 
 
 def reframe_matrix(shape: Sequence[int], zoom: float, dx: float, dy: float) -> np.ndarray:
@@ -58,8 +58,8 @@ class Reframe(A.DualTransform):
         self, zoom: Sequence[float] = (0.75, 1.0), shift: Sequence[float] = (-0.04, 0.04), p: float = 0.5
     ) -> None:
         super().__init__(p=p)
-        self.zoom = _range("zoom", zoom, low=0.1)
-        self.shift = _range("shift", shift, low=-0.5)
+        self.zoom = option_range("Reframe", "zoom", zoom, low=0.1)
+        self.shift = option_range("Reframe", "shift", shift, low=-0.5)
 
     def get_params(self) -> dict[str, float]:
         return {
@@ -80,13 +80,3 @@ class Reframe(A.DualTransform):
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:
         return ("zoom", "shift")
-
-
-def _range(name: str, values: Sequence[float], low: float) -> tuple[float, float]:
-    try:
-        lo, hi = (float(v) for v in values)
-    except (TypeError, ValueError):
-        raise DataError(f"Reframe {name} must be [low, high], got {values!r}") from None
-    if not low <= lo <= hi:
-        raise DataError(f"Reframe {name} must be [low, high] with {low} <= low <= high, got {[lo, hi]}")
-    return lo, hi

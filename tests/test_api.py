@@ -10,6 +10,7 @@ from PIL import Image
 import carvana_seg
 from carvana_seg import Prediction, Predictor, SegmentationModule
 from carvana_seg.config import compose
+from carvana_seg.core.postprocess import largest
 from carvana_seg.data.decode import read_image, read_mask
 from carvana_seg.errors import InputError
 from carvana_seg.predict import predict
@@ -29,7 +30,8 @@ def test_one_photo_gives_a_full_size_mask_and_probabilities(trained):
     assert result.mask.shape == (64, 96) and result.mask.dtype == bool
     assert result.probability.shape == (64, 96) and result.probability.dtype == np.float32
     assert result.probability.min() >= 0.0 and result.probability.max() <= 1.0
-    assert np.array_equal(result.mask, result.probability > 0.5)
+    # The threshold, then the largest piece (the default clean-up, as in the commands).
+    assert np.array_equal(result.mask, largest((result.probability > 0.5).view(np.uint8)).astype(bool))
 
 
 def test_arrays_and_pil_images_of_any_size(trained):
@@ -76,9 +78,23 @@ def test_a_list_of_paths_in_batches_equals_the_predict_command(trained, tmp_path
 def test_the_input_size_and_threshold_can_be_chosen(trained):
     ckpt, data = trained
     path = sorted((data / "train").glob("*.jpg"))[0]
-    strict = Predictor.from_checkpoint(ckpt, device="cpu", threshold=0.9, image_size=(64, 96)).predict(path)
+    options = {"device": "cpu", "threshold": 0.9, "image_size": (64, 96), "postprocess": ()}
+    strict = Predictor.from_checkpoint(ckpt, **options).predict(path)
     assert strict.mask.shape == (64, 96)
     assert np.array_equal(strict.mask, strict.probability > 0.9)
     assert read_image(path).shape[:2] == strict.mask.shape
     with pytest.raises(InputError, match="threshold"):
         Predictor.from_checkpoint(ckpt, threshold=1.0)
+
+
+def test_the_mask_keeps_the_largest_piece_by_default_as_the_commands_do(trained):
+    ckpt, data = trained
+    paths = sorted((data / "train").glob("*.jpg"))
+    raw = list(Predictor.from_checkpoint(ckpt, device="cpu", postprocess=()).predict_paths(paths))
+    cleaned = list(Predictor.from_checkpoint(ckpt, device="cpu").predict_paths(paths))
+    assert any(not np.array_equal(a.mask, b.mask) for a, b in zip(raw, cleaned, strict=True))
+    for before, after in zip(raw, cleaned, strict=True):
+        assert np.array_equal(after.mask, largest(before.mask.view(np.uint8)).astype(bool))
+        assert np.array_equal(after.probability, before.probability)
+    with pytest.raises(InputError, match="unknown postprocess"):
+        Predictor.from_checkpoint(ckpt, postprocess=["biggest"])

@@ -79,6 +79,8 @@ def test_it_is_drawn_from_the_seed_and_off_with_probability_zero():
         ({"darkness": (0.9, 0.3)}, "darkness must be"),
         ({"band_height": (0.1,)}, "band_height must be"),
         ({"shadow_height": (0.0, 2.0)}, "shadow_height"),
+        ({"car_p": -0.1}, "car_p must be a probability"),
+        ({"car_darkness": (0.5, 1.5)}, "car_darkness"),
     ],
 )
 def test_bad_options_are_refused_by_name(kwargs, message):
@@ -93,3 +95,14 @@ def test_the_data_module_takes_it_with_finer_masks(tmp_path):
     assert item["mask"][0].numpy().tolist() == mask.tolist()
     assert item["image"].shape == (3, 24, 36)
     assert not np.array_equal(item["image"].numpy(), image.transpose(2, 0, 1))  # the floor darkened
+
+
+@pytest.mark.parametrize("scale", [1, 2])
+def test_the_car_itself_darkens_when_asked_and_the_floor_stays(scale):
+    photo, mask = studio(scale)
+    dark_car = DarkFloor(band_p=0.0, shadow_p=0.0, car_p=1.0, car_darkness=(0.5, 0.5), p=1.0)
+    out = run(dark_car, photo, mask)
+    assert np.array_equal(out["mask"], mask)
+    assert np.array_equal(out["image"][:20], photo[:20]) and np.array_equal(out["image"][40:], photo[40:])
+    assert np.abs(out["image"][20:40, 25:65].astype(int) - photo[20:40, 25:65] // 2).max() <= 1
+    assert np.array_equal(run(DarkFloor(band_p=0.0, shadow_p=0.0, p=1.0), photo, mask)["image"], photo)

@@ -14,6 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from carvana_seg.core.metrics import per_image_scores
 from carvana_seg.core.module import SegmentationModule
+from carvana_seg.core.postprocess import largest
 from carvana_seg.core.upsample import to_full_size
 from carvana_seg.data.decode import read_image, read_mask
 from carvana_seg.errors import InputError
@@ -42,7 +43,8 @@ def test_scores_are_computed_at_the_photos_full_size(trained, tmp_path):
     assert summary["split"] == "val" and summary["images"] == 8  # 2 of 4 cars, 4 views each
     rows = list(csv.DictReader((tmp_path / "eval" / "per_image.csv").open()))
     assert len(rows) == 8
-    # Recompute one image by hand: logits at 32x48 -> bilinear to 64x96 -> threshold -> dice.
+    # Recompute one image by hand: logits at 32x48 -> bilinear to 64x96 -> threshold -> the largest piece
+    # (the default clean-up) -> dice.
     module = SegmentationModule.load_from_checkpoint(ckpt)
     row = rows[0]
     photo = torch.from_numpy(read_image(data / "train" / row["img"], (32, 48)).transpose(2, 0, 1).copy())[
@@ -52,7 +54,8 @@ def test_scores_are_computed_at_the_photos_full_size(trained, tmp_path):
     target = torch.from_numpy(read_mask(data / "train_masks" / row["img"].replace(".jpg", "_mask.gif")))[
         None, None
     ]
-    expected = per_image_scores(logits > 0, target.bool())["dice"].item()
+    mask = torch.from_numpy(largest((logits > 0)[0, 0].numpy().astype(np.uint8)))[None, None].bool()
+    expected = per_image_scores(mask, target.bool())["dice"].item()
     assert float(row["dice"]) == pytest.approx(expected, abs=1e-6)
     assert summary["full_size"]["dice"] == pytest.approx(np.mean([float(r["dice"]) for r in rows]), abs=1e-6)
     assert set(summary["train_size"]) >= {"dice", "dice_mean_classes", "accuracy", "iou"}
@@ -71,7 +74,7 @@ def test_a_range_of_thresholds_and_flip_tta(trained, tmp_path):
 
 def test_nearest_upsampling_scores_the_upscaled_binary_mask(trained, tmp_path):
     ckpt, data = trained
-    summary = evaluate(eval_cfg(tmp_path, ckpt, "upsample=nearest", "worst_k=0"))
+    summary = evaluate(eval_cfg(tmp_path, ckpt, "upsample=nearest", "postprocess=[]", "worst_k=0"))
     assert summary["upsample"] == "nearest"
     module = SegmentationModule.load_from_checkpoint(ckpt)
     row = next(csv.DictReader((tmp_path / "eval" / "per_image.csv").open()))

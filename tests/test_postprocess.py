@@ -3,6 +3,8 @@ in evaluate and predict, and an unknown step is refused before any work."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -61,3 +63,12 @@ def test_evaluate_and_predict_apply_the_steps_and_refuse_unknown_ones_first(trai
     assert not (tmp_path / "bad").exists()
     with pytest.raises(InputError, match="unknown postprocess"):
         evaluate(eval_cfg(tmp_path / "e2", ckpt, "postprocess=[blob]"))
+
+
+def test_both_keep_the_largest_piece_by_default_and_nothing_on_request(trained, tmp_path):
+    ckpt, _ = trained
+    assert evaluate(eval_cfg(tmp_path / "e", ckpt, "worst_k=0"))["postprocess"] == ["largest"]
+    assert evaluate(eval_cfg(tmp_path / "n", ckpt, "postprocess=[]", "worst_k=0"))["postprocess"] == []
+    test = write_photos(tmp_path)
+    predict(predict_cfg(ckpt, test, tmp_path / "out", "masks=none"))
+    assert json.loads((tmp_path / "out" / "predict.json").read_text())["postprocess"] == ["largest"]

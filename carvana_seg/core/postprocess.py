@@ -1,12 +1,14 @@
-"""Clean-ups of a full-size mask after the threshold, off by default (`postprocess=[largest,fill_holes]`
-in evaluate and predict): a Carvana photo shows one car, in one piece, without holes.
+"""Clean-ups of a full-size mask after the threshold (`postprocess=[largest,fill_holes]` in evaluate and
+predict; `largest` alone by default there, `[]` for none): a Carvana photo shows one car, in one piece,
+without holes.
 
 - `largest`: keep the largest connected piece of car (8-connected); stray blobs on the floor or the
   backdrop go, and so would a piece of the car cut off by a thin gap (an antenna's tip).
 - `fill_holes`: background that does not reach the frame's edge (4-connected) becomes car: holes in
   windows and wheels go, and so would background truly enclosed by the car.
 
-Whether each helps is measured on the car folds (docs/RESULTS.md), not assumed.
+Whether each helps is measured on the car folds and the stress set (docs/RESULTS.md), not assumed:
+`largest` leaves the folds' dice as it is and removes a far floor marked apart from the car.
 """
 
 from __future__ import annotations

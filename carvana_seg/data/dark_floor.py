@@ -8,7 +8,10 @@ resolution), so the mask is unchanged and it works with `data.mask_scale > 1`:
 
 - a band across the frame below the car: a random gap under the car's lowest pixel, height, darkness
   and soft edges, sometimes running to the bottom of the frame;
-- a shadow under the car: a soft ellipse as wide as the car's lowest part, centred on its lowest row.
+- a shadow under the car: a soft ellipse as wide as the car's lowest part, centred on its lowest row;
+- the car itself darkened (drawn apart, off by default): a dark floor alone teaches "dark below the
+  car is floor", which cuts the dark lower body of a black car; dark cars beside dark floors teach the
+  network to find the car's outline instead.
 """
 
 from __future__ import annotations
@@ -26,8 +29,9 @@ from carvana_seg.errors import DataError
 
 class DarkFloor(A.DualTransform):
     """With probability `p`: a dark floor band with probability `band_p` and a shadow under the car with
-    probability `shadow_p` (drawn independently), each cutting the floor's light by a share drawn from
-    `darkness`. Sizes are shares of the frame's height (`band_gap`, `band_height`, `shadow_height`)."""
+    probability `shadow_p`, each cutting the floor's light by a share drawn from `darkness`, and the car's
+    own light cut by a share drawn from `car_darkness` with probability `car_p` (all drawn independently).
+    Sizes are shares of the frame's height (`band_gap`, `band_height`, `shadow_height`)."""
 
     any_resolution = True  # the mask is not moved, so it may be finer than the photo
 
@@ -39,6 +43,8 @@ class DarkFloor(A.DualTransform):
         band_gap: Sequence[float] = (0.0, 0.08),
         band_height: Sequence[float] = (0.04, 0.2),
         shadow_height: Sequence[float] = (0.01, 0.04),
+        car_p: float = 0.0,
+        car_darkness: Sequence[float] = (0.3, 0.8),
         p: float = 0.5,
     ) -> None:
         super().__init__(p=p)
@@ -48,6 +54,8 @@ class DarkFloor(A.DualTransform):
         self.band_gap = option_range("DarkFloor", "band_gap", band_gap, low=0.0, high=1.0)
         self.band_height = option_range("DarkFloor", "band_height", band_height, low=0.0, high=1.0)
         self.shadow_height = option_range("DarkFloor", "shadow_height", shadow_height, low=0.0, high=1.0)
+        self.car_p = _share("car_p", car_p)
+        self.car_darkness = option_range("DarkFloor", "car_darkness", car_darkness, low=0.0, high=1.0)
 
     def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
         mask = data["mask"]
@@ -71,17 +79,19 @@ class DarkFloor(A.DualTransform):
         if self.py_random.random() < self.shadow_p:
             half_width = (right - left) / 2 * draw(0.8, 1.15)
             shadow = ((left + right) / 2, bottom, half_width, draw(*self.shadow_height), draw(*self.darkness))
-        return {"band": band, "shadow": shadow, "car": mask}
+        car_cut = draw(*self.car_darkness) if self.py_random.random() < self.car_p else 0.0
+        return {"band": band, "shadow": shadow, "car_cut": car_cut, "car": mask}
 
     def apply(
         self,
         img: np.ndarray,
         band: tuple[float, ...] | None = None,
         shadow: tuple[float, ...] | None = None,
+        car_cut: float = 0.0,
         car: np.ndarray | None = None,
         **_: Any,
     ) -> np.ndarray:
-        if band is None and shadow is None:
+        if band is None and shadow is None and not car_cut:
             return img
         height, width = img.shape[:2]
         cut = np.zeros((height, width), np.float32)  # the share of light taken from each pixel
@@ -96,11 +106,11 @@ class DarkFloor(A.DualTransform):
             r2 = ((x[None, :] - cx) / half_width) ** 2 + ((y[:, None] - cy) / half_height) ** 2
             cut = np.maximum(cut, darkness * np.clip(1 - r2, 0, 1) ** 2)
         if car is not None and car.any():
-            # Only the floor darkens: the car's share of each photo pixel, from a mask at any size.
-            # ({0, 1} or a soft 0..255 coverage).
+            # The floor's cut spares the car, the car's own cut spares the floor: the car's share of each
+            # photo pixel, from a mask at any size ({0, 1} or a soft 0..255 coverage).
             share = car.astype(np.float32) / (255.0 if car.max() > 1 else 1.0)
-            coverage = cv2.resize(share, (width, height), interpolation=cv2.INTER_AREA)
-            cut *= 1 - np.clip(coverage, 0, 1)
+            coverage = np.clip(cv2.resize(share, (width, height), interpolation=cv2.INTER_AREA), 0, 1)
+            cut = cut * (1 - coverage) + car_cut * coverage
         gain = (1 - cut)[..., None] if img.ndim == 3 else 1 - cut
         return np.clip(np.rint(img * gain), 0, 255).astype(img.dtype)
 
@@ -108,7 +118,16 @@ class DarkFloor(A.DualTransform):
         return mask
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:
-        return ("band_p", "shadow_p", "darkness", "band_gap", "band_height", "shadow_height")
+        return (
+            "band_p",
+            "shadow_p",
+            "darkness",
+            "band_gap",
+            "band_height",
+            "shadow_height",
+            "car_p",
+            "car_darkness",
+        )
 
 
 def _share(name: str, value: float) -> float:

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from carvana_seg.core.module import SegmentationModule
+from carvana_seg.core.postprocess import check_steps, postprocess
 from carvana_seg.core.upsample import logit_threshold, to_full_size
 from carvana_seg.data.decode import image_size, read_image
 from carvana_seg.data.photos import batches_by_size
@@ -44,6 +45,8 @@ class Predictor:
         image_size: (H, W) the network runs at; None: the size it was trained at.
         threshold: probability above which a pixel is car; None: the module's own.
         tta_hflip: average the probabilities of the photo and of its mirror image.
+        postprocess: full-size mask clean-ups (`core.postprocess`), as the commands' `postprocess`
+            option: the largest piece by default, () for none.
         precision: as in the commands: "auto" (bf16/16 mixed on CUDA, fp32 on the CPU), "32-true", ...
     """
 
@@ -54,6 +57,7 @@ class Predictor:
         image_size: Sequence[int] | None = None,
         threshold: float | None = None,
         tta_hflip: bool = False,
+        postprocess: Sequence[str] = ("largest",),
         precision: str = "auto",
     ) -> None:
         if image_size is None and module.run_config is None:
@@ -66,6 +70,7 @@ class Predictor:
         self.device = pick_device(device)
         self.module = module.to(self.device).eval()
         self.tta_hflip = tta_hflip
+        self.postprocess = check_steps(postprocess)
         self.precision = precision
 
     @classmethod
@@ -122,7 +127,6 @@ class Predictor:
             big = to_full_size(logits[positions], full)[:, 0]
             masks, probabilities = (big > cut).cpu().numpy(), torch.sigmoid(big).cpu().numpy()
             for row, position in enumerate(positions):
-                results[position] = Prediction(
-                    mask=masks[row], probability=probabilities[row].astype(np.float32)
-                )
+                mask = postprocess(masks[row].view(np.uint8), self.postprocess).astype(bool)
+                results[position] = Prediction(mask=mask, probability=probabilities[row].astype(np.float32))
         yield from results

@@ -37,7 +37,8 @@ def test_trainer_predict_over_the_datamodule_gives_full_size_masks(trained):
     names = [name for batch in batches for name in batch["name"]]
     masks = [mask for batch in batches for mask in batch["mask"]]
     assert {name.split("_")[0] for name in names} == set(run.val_cars)  # the run's own validation cars
-    predictor = Predictor(module, device="cpu")
+    # predict_step cleans up only with module.postprocess set (the predict command sets it from its option).
+    predictor = Predictor(module, device="cpu", postprocess=module.postprocess)
     for name, mask in zip(names, masks, strict=True):
         assert mask.shape == (64, 96) and mask.dtype == np.uint8
         assert np.array_equal(mask.astype(bool), predictor.predict(data / "train" / name).mask)

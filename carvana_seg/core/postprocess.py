@@ -43,6 +43,8 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
 
 
 STEPS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"largest": largest, "fill_holes": fill_holes}
+# The clean-up the commands (conf/evaluate.yaml, conf/predict.yaml) and the Predictor apply by default.
+DEFAULT_STEPS: tuple[str, ...] = ("largest",)
 
 
 def check_steps(names: Sequence[str] | None) -> list[str]:

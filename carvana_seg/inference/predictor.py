@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from carvana_seg.core.module import SegmentationModule
-from carvana_seg.core.postprocess import check_steps, postprocess
+from carvana_seg.core.postprocess import DEFAULT_STEPS, check_steps, postprocess
 from carvana_seg.core.upsample import logit_threshold, to_full_size
 from carvana_seg.data.decode import image_size, read_image
 from carvana_seg.data.photos import batches_by_size
@@ -57,7 +57,7 @@ class Predictor:
         image_size: Sequence[int] | None = None,
         threshold: float | None = None,
         tta_hflip: bool = False,
-        postprocess: Sequence[str] = ("largest",),
+        postprocess: Sequence[str] = DEFAULT_STEPS,
         precision: str = "auto",
     ) -> None:
         if image_size is None and module.run_config is None:
@@ -127,6 +127,6 @@ class Predictor:
             big = to_full_size(logits[positions], full)[:, 0]
             masks, probabilities = (big > cut).cpu().numpy(), torch.sigmoid(big).cpu().numpy()
             for row, position in enumerate(positions):
-                mask = postprocess(masks[row].view(np.uint8), self.postprocess).astype(bool)
+                mask = postprocess(masks[row].view(np.uint8), self.postprocess).view(bool)  # {0, 1}: no copy
                 results[position] = Prediction(mask=mask, probability=probabilities[row].astype(np.float32))
         yield from results

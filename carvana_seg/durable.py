@@ -4,9 +4,15 @@ and whether a process of this host that left something behind is still alive."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO, Any
+
+TMP_SUFFIX = ".tmp"
 
 
 def fsync_file(path: Path) -> None:
@@ -31,6 +37,39 @@ def fsync_dir(path: Path) -> None:
             raise
     finally:
         os.close(fd)
+
+
+def temporary_path(path: Path) -> Path:
+    """A hidden name beside `path` that belongs to this process and thread only."""
+    return path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}{TMP_SUFFIX}")
+
+
+@contextlib.contextmanager
+def atomic_file(
+    path: Path, mode: str = "wb", *, sync_folder: bool = True, **kwargs: Any
+) -> Iterator[IO[Any]]:
+    """A file written whole or not at all: the with-block writes a temporary file of this process and
+    thread, which is flushed to disk and renamed into place when the block ends (and removed if it
+    fails), then the folder is flushed so that the rename is on disk too. `sync_folder=False` leaves
+    that last flush to the caller (predict flushes the masks folder once per committed part)."""
+    tmp = temporary_path(path)
+    try:
+        with tmp.open(mode, **kwargs) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if sync_folder:
+        fsync_dir(path.parent)
+
+
+def atomic_write(path: Path, data: bytes, *, sync_folder: bool = True) -> None:
+    """`data` written to `path` by `atomic_file`."""
+    with atomic_file(path, sync_folder=sync_folder) as handle:
+        handle.write(data)
 
 
 def fsync_tree(root: Path, skip: tuple[str, ...] = ()) -> None:

@@ -23,11 +23,12 @@ import cv2
 import hydra
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from carvana_seg import options
 from carvana_seg.config import CONF_DIR
 from carvana_seg.core.edge_band import thresholded
 from carvana_seg.core.metrics import SCORES, per_image_scores
@@ -40,6 +41,7 @@ from carvana_seg.data.decode import read_image
 from carvana_seg.data.labelled import labelled_samples
 from carvana_seg.data.photos import PhotoDataset, batches_by_size, photo_loader
 from carvana_seg.data.sample import Sample
+from carvana_seg.durable import atomic_file, atomic_write
 from carvana_seg.errors import DataError, InputError, exit_on_input_error
 from carvana_seg.inference.error_panel import error_panel
 from carvana_seg.inference.forward import autocast, pick_device
@@ -71,6 +73,13 @@ def _samples(cfg: DictConfig, run: RunConfig | None) -> tuple[list[Sample], dict
     )
     if split == "val":
         val_cars = set(run.val_cars)
+        missing = sorted(val_cars - {s.car_id for s in samples})
+        if missing:
+            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            raise InputError(
+                f"{root} no longer holds {len(missing)} of the run's {len(val_cars)} validation cars "
+                f"({shown}): restore them, or score every photo there with split=all"
+            )
         samples = [s for s in samples if s.car_id in val_cars]
     return samples, rle_masks, str(root), split
 
@@ -139,18 +148,33 @@ def _postprocessed(masks: torch.Tensor, steps: list[str]) -> torch.Tensor:
     return torch.from_numpy(done.view(bool))[:, None].to(masks.device)
 
 
+def check_options(cfg: DictConfig) -> list[str]:
+    """Every option that can be checked before the checkpoint is loaded; the stress transforms' names."""
+    if cfg.upsample not in ("bilinear", "nearest"):
+        raise InputError(f"upsample must be bilinear or nearest, got {cfg.upsample!r}")
+    check_steps(cfg.postprocess)
+    for key in ("edge_band", "tta_hflip"):
+        options.flag(cfg, key)
+    if cfg.threshold is not None:
+        options.probability(cfg.threshold, "threshold")
+    if not OmegaConf.is_list(cfg.thresholds):
+        raise InputError(f"thresholds must be a list, e.g. [0.4,0.5,0.6], got {cfg.thresholds!r}")
+    for value in cfg.thresholds:
+        options.probability(value, "each of thresholds")
+    options.whole(cfg, "data.batch_size")
+    options.whole(cfg, "worst_k", minimum=0)
+    options.image_size(cfg.data.image_size, "data.image_size")
+    resolve_num_workers(cfg.data.num_workers)
+    return check_names(cfg.get("stress") or [])
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Score `cfg.ckpt_path` at full and at training size; write the CSV, the summary and the pictures;
     with `cfg.stress`, score the same photos under each studio shift too (stress.csv, `stress`)."""
     started = time.perf_counter()
-    stress_names = check_names(cfg.get("stress") or [])
+    stress_names = check_options(cfg)
     output_dir = Path(cfg.paths.output_dir)
     device = pick_device(cfg.device)
-    if cfg.upsample not in ("bilinear", "nearest"):
-        raise InputError(f"upsample must be bilinear or nearest, got {cfg.upsample!r}")
-    check_steps(cfg.postprocess)
-    if not isinstance(cfg.edge_band, bool):
-        raise InputError(f"edge_band must be true or false, got {cfg.edge_band!r}")
     module = SegmentationModule.load_from_checkpoint(cfg.ckpt_path).to(device)
     run = module.run_config
     samples, rle_masks, data_root, split = _samples(cfg, run)
@@ -159,8 +183,6 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     size = tuple(cfg.data.image_size or run.image_size)
     threshold = cfg.threshold if cfg.threshold is not None else module.hparams.threshold
     thresholds = sorted({float(threshold), *(float(t) for t in cfg.thresholds)})
-    if not all(0 < t < 1 for t in thresholds):
-        raise InputError(f"thresholds must lie in (0, 1), got {thresholds}")
 
     dataset = PhotoDataset([s.image for s in samples], size, [s.mask for s in samples], rle_masks)
     workers = resolve_num_workers(cfg.data.num_workers)
@@ -180,7 +202,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     by_threshold: dict[float, list[float]] = {t: [] for t in thresholds}
     worst: list[tuple[float, int, dict[str, Any]]] = []  # a heap of the K lowest dice, keyed by -dice
     unstressed: dict[int, float] = {}  # full-size dice by sample index, for the stress drops
-    with (output_dir / "per_image.csv").open("w", newline="") as handle:
+    with atomic_file(output_dir / "per_image.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         extra = [f"dice@{t:g}" for t in thresholds if t != threshold]
         writer.writerow(
@@ -241,7 +263,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         summary["stress"] = _stress(module, loader, stressed, samples, unstressed, device, cfg, threshold)
     summary["seconds"] = round(time.perf_counter() - started, 2)
     _render_worst(ranked, output_dir)
-    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write(output_dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
     _print_summary(summary, output_dir)
     return summary
 
@@ -259,7 +281,7 @@ def _stress(
     """Score every photo under each transform of `stressed`; write stress.csv; the `stress` block."""
     started = time.perf_counter()
     dice: dict[str, dict[int, float]] = {name: {} for name in stressed.names}
-    with (Path(cfg.paths.output_dir) / "stress.csv").open("w", newline="") as handle:
+    with atomic_file(Path(cfg.paths.output_dir) / "stress.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(
             ["img", "car_id", "view", "transform", *SCORES, "false_pos", "false_neg", "dice_unstressed"]
@@ -313,7 +335,10 @@ def _render_worst(ranked: list[dict[str, Any]], output_dir: Path) -> None:
             title = f"#{rank}  {sample.name}  dice {entry['dice']:.4f}"
             panel = error_panel(photo, entry["pred"], entry["target"], title)
             path = folder / f"{rank:02d}_{sample.image.stem}.png"
-            cv2.imwrite(str(path), cv2.cvtColor(panel, cv2.COLOR_RGB2BGR))
+            ok, png = cv2.imencode(".png", cv2.cvtColor(panel, cv2.COLOR_RGB2BGR))
+            if not ok:
+                raise RuntimeError(f"PNG encoding of the picture of {sample.name} failed")
+            atomic_write(path, png.tobytes())
             tensorboard.add_image(f"worst/{rank:02d}", panel, global_step=0, dataformats="HWC")
 
 

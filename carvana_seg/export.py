@@ -29,9 +29,10 @@ import hydra
 import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import Tensor, nn
 
+from carvana_seg import options
 from carvana_seg.config import CONF_DIR
 from carvana_seg.core.module import SegmentationModule
 from carvana_seg.errors import InputError, exit_on_input_error
@@ -151,17 +152,9 @@ def compare(model: PhotoModel, exported: Any, photo: np.ndarray, threshold: floa
 def check_options(cfg: DictConfig) -> tuple[str, Path, tuple[int, int] | None]:
     if cfg.format not in FORMATS:
         raise InputError(f"format must be one of {', '.join(FORMATS)}, got {cfg.format!r}")
-    size = cfg.image_size
-    if size is not None and (
-        not OmegaConf.is_list(size)
-        or len(size) != 2
-        or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in size)
-    ):
-        raise InputError(f"image_size must be null or [H, W] in whole pixels >= 1, got {size!r}")
-    if not isinstance(cfg.verify, bool):
-        raise InputError(f"verify must be true or false, got {cfg.verify!r}")
-    ckpt = Path(cfg.ckpt_path).expanduser().resolve()
-    return cfg.format, ckpt, (int(size[0]), int(size[1])) if size is not None else None
+    size = options.image_size(cfg.image_size, "image_size")
+    options.flag(cfg, "verify")
+    return cfg.format, Path(cfg.ckpt_path).expanduser().resolve(), size
 
 
 def export(cfg: DictConfig) -> dict[str, Any]:
@@ -169,13 +162,15 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     random Carvana-size photo against PyTorch."""
     started = time.perf_counter()
     kind, ckpt, size = check_options(cfg)
+    output = Path(cfg.output).expanduser().resolve() if cfg.output else ckpt.with_suffix(FORMATS[kind])
+    if output.is_dir():
+        raise InputError(f"output {output} is a folder: name the model file, e.g. {output / 'model'}")
+    if output == ckpt:
+        raise InputError(f"output {output} is the checkpoint itself: name another file")
     module = SegmentationModule.load_from_checkpoint(ckpt)
     if size is None and module.run_config is None:
         raise InputError(f"{ckpt} does not say its input size: pass image_size=[H,W]")
     size = size or tuple(module.run_config.image_size)
-    output = Path(cfg.output).expanduser().resolve() if cfg.output else ckpt.with_suffix(FORMATS[kind])
-    if output.is_dir():
-        raise InputError(f"output {output} is a folder: name the model file, e.g. {output / 'model'}")
     output.parent.mkdir(parents=True, exist_ok=True)
     threshold = float(module.hparams.threshold)
     metadata = {
@@ -187,8 +182,11 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     }
     model = PhotoModel(module, size).eval()
     partial = output.with_name(output.name + ".partial")  # a file cut short never takes the name
-    (export_onnx if kind == "onnx" else export_torchscript)(model, partial, metadata)
-    partial.replace(output)
+    try:
+        (export_onnx if kind == "onnx" else export_torchscript)(model, partial, metadata)
+        partial.replace(output)
+    finally:
+        partial.unlink(missing_ok=True)  # an export that failed leaves nothing behind
     result: dict[str, Any] = {"output": str(output), "format": kind, "image_size": list(size)}
     result["threshold"] = threshold
     if cfg.verify:

@@ -30,8 +30,9 @@ from typing import Any
 import hydra
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from carvana_seg import options
 from carvana_seg.config import CONF_DIR
 from carvana_seg.core.module import SegmentationModule
 from carvana_seg.core.postprocess import check_steps
@@ -51,13 +52,6 @@ _PRECISIONS = ("auto", "fast", "32", "32-true", "64", "64-true", "16", "16-mixed
 _PRECISIONS += ("bf16-mixed", "bf16-true")
 
 
-def _count(cfg: DictConfig, key: str, minimum: int = 1) -> int:
-    value = OmegaConf.select(cfg, key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InputError(f"{key} must be a whole number >= {minimum}, got {value!r}")
-    return value
-
-
 def check_options(cfg: DictConfig) -> None:
     """Every option that can be checked without the checkpoint or the photos, before anything else."""
     if cfg.masks not in ("gif", "png", "none"):
@@ -65,33 +59,20 @@ def check_options(cfg: DictConfig) -> None:
     if cfg.on_error not in ("stop", "skip"):
         raise InputError(f"on_error must be stop or skip, got {cfg.on_error!r}")
     for key in ("submission", "tta_hflip", "overlays", "edge_band"):
-        if not isinstance(cfg[key], bool):
-            raise InputError(f"{key} must be true or false, got {cfg[key]!r}")
+        options.flag(cfg, key)
     if cfg.masks == "none" and not cfg.submission:
         raise InputError("masks=none and submission=false: there would be nothing to write")
     if cfg.threshold is not None:
-        check_threshold(cfg.threshold, "threshold")
+        options.probability(cfg.threshold, "threshold")
     for key in ("data.batch_size", "writer_threads", "chunk_size"):
-        _count(cfg, key)
+        options.whole(cfg, key)
     resolve_num_workers(cfg.data.num_workers)
-    size = cfg.data.image_size
-    if size is not None and (
-        not OmegaConf.is_list(size)
-        or len(size) != 2
-        or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in size)
-    ):
-        raise InputError(f"data.image_size must be null or [H, W] in whole pixels >= 1, got {size!r}")
+    options.image_size(cfg.data.image_size, "data.image_size")
     wait = cfg.lock_wait
     if isinstance(wait, bool) or not isinstance(wait, int | float) or not wait >= 0:
         raise InputError(f"lock_wait must be a number of seconds >= 0, got {wait!r}")
     if str(cfg.precision) not in _PRECISIONS:
         raise InputError(f"precision must be one of {', '.join(_PRECISIONS)}, got {cfg.precision!r}")
-
-
-def check_threshold(value: Any, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
-        raise InputError(f"{what} must be a probability strictly between 0 and 1, got {value!r}")
-    return float(value)
 
 
 def predict(cfg: DictConfig) -> dict[str, Any]:
@@ -114,7 +95,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     ckpt_path = Path(cfg.ckpt_path).expanduser().resolve()
     module, stored_threshold = _load(cfg, ckpt_path, device)
     if cfg.threshold is None:
-        threshold = check_threshold(stored_threshold, f"the threshold stored in {ckpt_path}")
+        threshold = options.probability(stored_threshold, f"the threshold stored in {ckpt_path}")
     else:
         threshold = float(cfg.threshold)
     module.predict_threshold = threshold

@@ -26,7 +26,8 @@ from carvana_seg.core.hparams import log_hyperparameters
 from carvana_seg.core.module import SegmentationModule
 from carvana_seg.core.precision import resolve_precision, uses_cuda
 from carvana_seg.core.run_config import RunConfig
-from carvana_seg.errors import exit_on_input_error
+from carvana_seg.durable import atomic_write
+from carvana_seg.errors import InputError, exit_on_input_error
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,16 @@ log = logging.getLogger(__name__)
 @rank_zero_only
 def write_json(path: Path, content: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
+    atomic_write(path, (json.dumps(content, indent=2, sort_keys=True) + "\n").encode())
+
+
+def check_optimizer(cfg: DictConfig) -> None:
+    """Build the configured optimizer over one parameter: torch's own checks of its options (a negative
+    learning rate, betas outside [0, 1)) then stop the run before the data set-up, naming the option."""
+    try:
+        instantiate(cfg.optimizer)([torch.nn.Parameter(torch.zeros(1))])
+    except (ValueError, TypeError) as err:
+        raise InputError(f"optimizer: {err}") from err
 
 
 def _number(value: Any) -> float | None:
@@ -51,6 +61,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path:
         ckpt_path = str(check_checkpoint(ckpt_path))
+    check_optimizer(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     distributed.share_machine(cfg.get("torch_threads"))  # sweep jobs side by side: each to its share
     if uses_cuda(cfg.trainer.get("accelerator", "auto")):

@@ -95,3 +95,13 @@ def test_a_listing_checked_once_is_not_read_again(tmp_path, monkeypatch):
     os.utime(root / "train" / f"{car_id(0)}_01.jpg", ns=(1, 10**18))
     datamodule(root, tmp_path / "cache", cache=False)
     assert calls == [6]
+
+
+@pytest.mark.parametrize("damaged", ["names.json", "images.npy"])
+def test_a_damaged_cache_is_named_with_what_to_do(tmp_path, damaged):
+    root = write_carvana(tmp_path / "data", cars=3, views=2, size=(48, 72))
+    folder = datamodule(root, tmp_path / "cache", cache=True).train_set.cache.folder
+    (folder / damaged).write_bytes(b"\x00 not what was written")
+    with pytest.raises(DataError, match=rf"decoded cache {folder} is damaged .*remove that folder"):
+        module = datamodule(root, tmp_path / "cache", cache=True)
+        module.train_set.load(0)

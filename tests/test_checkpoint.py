@@ -17,6 +17,7 @@ from torchvision.models import resnet18
 from carvana_seg.core.losses import BCEDiceLoss
 from carvana_seg.core.module import SegmentationModule
 from carvana_seg.errors import InputError
+from carvana_seg.models.resnet_unet import ResNetUNet
 from carvana_seg.models.unet import UNet
 from tests.conftest import ROOT
 
@@ -132,6 +133,13 @@ def test_pretrained_encoder_files_are_not_needed_to_load(tmp_path):
     module = SegmentationModule(net=net, loss={"_target_": "carvana_seg.core.losses.BCELoss"})
     assert module.hparams["net"]["encoder_weights"] is None
     assert module.hparams["net"]["encoder"] == "resnet18"
+
+
+def test_an_encoder_weights_file_that_is_not_a_state_dict_is_refused_naming_it(tmp_path):
+    weights = tmp_path / "resnet18.pth"
+    torch.save([torch.zeros(1)], weights)
+    with pytest.raises(InputError, match=r"model.encoder_weights: .*resnet18.pth holds a list, not a state"):
+        ResNetUNet("resnet18", decoder_channels=[32, 16, 8, 8, 8], encoder_weights=str(weights))
 
 
 @pytest.mark.parametrize(

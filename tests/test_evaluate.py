@@ -20,6 +20,7 @@ from carvana_seg.data.decode import read_image, read_mask
 from carvana_seg.errors import InputError
 from carvana_seg.evaluate import evaluate
 from carvana_seg.inference.error_panel import FALSE_NEGATIVE, FALSE_POSITIVE, error_panel, largest_error_box
+from carvana_seg.train import train
 from tests.conftest import CONF_DIR, write_carvana
 
 
@@ -132,6 +133,35 @@ def test_a_file_that_is_not_a_checkpoint_is_refused(tmp_path):
         evaluate(eval_cfg(tmp_path, bogus))
     with pytest.raises(InputError, match="does not exist"):
         evaluate(eval_cfg(tmp_path, tmp_path / "missing.ckpt"))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.batch_size=0", "data.batch_size must be a whole number >= 1, got 0"),
+        ("worst_k=-1", "worst_k must be a whole number >= 0, got -1"),
+        ("data.image_size=[0,48]", "data.image_size must be null or [H, W] in whole pixels >= 1"),
+        ("threshold=half", "threshold must be a probability strictly between 0 and 1, got 'half'"),
+        ("thresholds=[0.5,1.5]", "each of thresholds must be a probability strictly between 0 and 1"),
+        ("tta_hflip=yes", "tta_hflip must be true or false, got 'yes'"),
+    ],
+)
+def test_a_bad_option_is_refused_before_the_checkpoint_is_read(tmp_path, override, message):
+    with pytest.raises(InputError) as raised:
+        evaluate(eval_cfg(tmp_path, tmp_path / "never_read.ckpt", override))
+    assert message in str(raised.value)
+    assert not (tmp_path / "eval").exists()
+
+
+def test_the_runs_validation_cars_gone_from_its_folder_are_named(make_cfg, carvana_dir, tmp_path):
+    ckpt = train(make_cfg("callbacks.prediction_grid=null"))["last_checkpoint"]
+    car = json.loads((tmp_path / "run" / "split.json").read_text())["val"][0]
+    for photo in (carvana_dir / "train").glob(f"{car}_*.jpg"):
+        photo.unlink()
+        (carvana_dir / "train_masks" / photo.name.replace(".jpg", "_mask.gif")).unlink()
+    with pytest.raises(InputError, match=rf"no longer holds 1 of the run's \d+ validation cars \({car}\)"):
+        evaluate(eval_cfg(tmp_path, Path(ckpt)))
+    assert evaluate(eval_cfg(tmp_path, Path(ckpt), "split=all", "worst_k=0"))["split"] == "all"
 
 
 def test_the_edge_band_gives_the_scores_of_the_full_interpolation(trained, tmp_path):

@@ -115,6 +115,17 @@ def test_bad_options_exit_2_naming_them(trained, tmp_path, caplog, overrides, me
     assert not (tmp_path / "m.onnx").exists()
 
 
+def test_an_output_that_is_the_checkpoint_is_refused_and_the_checkpoint_kept(trained, tmp_path, caplog):
+    ckpt = tmp_path / "model.ckpt"
+    ckpt.write_bytes(trained[0].read_bytes())
+    cfg = compose("export", [f"ckpt_path={ckpt}", f"output={ckpt}", "format=torchscript"])
+    with pytest.raises(SystemExit) as raised:
+        exit_on_input_error(export, cfg)
+    assert raised.value.code == 2 and "is the checkpoint itself" in caplog.text
+    assert ckpt.read_bytes() == trained[0].read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.ckpt"]
+
+
 def test_the_command_exits_2_on_a_bad_format(tmp_path):
     command = [sys.executable, "-m", "carvana_seg.export", "ckpt_path=x.ckpt", "format=tflite"]
     result = subprocess.run(

@@ -359,10 +359,35 @@ def test_a_truncated_photo_stops_the_run_before_anything_is_written_or_is_skippe
     assert truncated.name in (tmp_path / "skipped" / "unreadable.txt").read_text()
 
 
+@pytest.mark.slow
+def test_a_skipped_photo_stays_listed_when_the_run_is_killed_after_its_part(trained, tmp_path):
+    """The rerun predicts only the photos after the committed parts: the list of unreadable photos
+    must not depend on the first run reaching its end."""
+    ckpt, _ = trained
+    test = photos(tmp_path, cars=20, views=16)
+    broken = sorted(test.iterdir())[2]
+    broken.write_bytes(b"\xff\xd8 truncated")
+    output = tmp_path / "out"
+    argv = command(ckpt, test, output, tmp_path / "logs", "on_error=skip", "lock_wait=0")
+    process = start(argv)
+    try:
+        wait_for(lambda: len(parts(output)) >= 2)
+    finally:
+        os.kill(process.pid, signal.SIGKILL)  # no clean-up of any kind
+        process.wait()
+    assert broken.name in (output / "unreadable.txt").read_text()
+
+    rerun = run(argv)
+    assert rerun.returncode == 0, rerun.stdout[-3000:]
+    assert summary(rerun.stdout)["predicted_now"] < 320
+    assert dict(rows_of(output))[broken.name] == ""
+    assert broken.name in (output / "unreadable.txt").read_text()
+
+
 def test_two_processes_writing_one_file_never_share_a_temporary_file(tmp_path):
     target = tmp_path / "mask.gif"
     writer = (
-        "import sys\nfrom pathlib import Path\nfrom carvana_seg.inference.submission import atomic_write\n"
+        "import sys\nfrom pathlib import Path\nfrom carvana_seg.durable import atomic_write\n"
         "for _ in range(300):\n    atomic_write(Path(sys.argv[1]), sys.argv[2].encode() * 100_000)\n"
     )
     writers = [

@@ -105,6 +105,24 @@ def test_train_keeps_hydras_exception_and_the_command_boundary_unwraps_it(make_c
     assert caplog.messages[-1] == "data.mask_scale must be a whole number >= 1, got 0"
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.batch_size=0", "data.batch_size must be a whole number >= 1, got 0"),
+        ("data.val_batch_size=0", "data.val_batch_size must be a whole number >= 1, got 0"),
+        ("data.hflip_p=1.5", "data.hflip_p must be a probability in [0, 1], got 1.5"),
+        ("optimizer.lr=-0.1", "optimizer: Invalid learning rate: -0.1"),
+    ],
+)
+def test_a_bad_loader_or_optimizer_option_exits_2_before_the_data_is_read(
+    make_cfg, caplog, tmp_path, override, message
+):
+    with pytest.raises(SystemExit) as exited:
+        exit_on_input_error(train, make_cfg(override))
+    assert exited.value.code == 2 and caplog.messages[-1] == message
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "run" / "split.json").exists()
+
+
 def test_a_bug_under_instantiate_keeps_its_traceback(make_cfg):
     # Not every wrapped exception is the user's to fix: only an InputError in the chain exits 2.
     cfg = make_cfg("+data.no_such_argument=1")

@@ -80,7 +80,8 @@ def test_rows_follow_the_sample_submission_and_png_masks(trained, tmp_path):
     names = sorted(p.name for p in test.iterdir())
     order = names[5:] + names[:5]
     sample = tmp_path / "sample_submission.csv"
-    sample.write_text("img,rle_mask\n" + "".join(f"{n},1 1\n" for n in order))
+    # as a spreadsheet saves it: a byte-order mark before the header
+    sample.write_text("\ufeffimg,rle_mask\n" + "".join(f"{n},1 1\n" for n in order), encoding="utf-8")
     predict(predict_cfg(ckpt, test, tmp_path / "out", f"sample_submission={sample}", "masks=png"))
     assert [r[0] for r in submission_rows(tmp_path / "out")[1:]] == order
     assert len(list((tmp_path / "out" / "masks").glob("*_mask.png"))) == 12

@@ -98,6 +98,21 @@ def test_csv_source_names_the_photos_the_csv_lacks(carvana_dir):
         datamodule.setup("fit")
 
 
+def test_csv_rows_of_photos_not_extracted_are_left_out_and_named(carvana_dir, caplog):
+    write_masks_csv(carvana_dir)
+    gone = sorted((carvana_dir / "train").iterdir())[:2]  # a partly extracted train.zip
+    for photo in gone:
+        photo.unlink()
+        (carvana_dir / "train_masks" / photo.name.replace(".jpg", "_mask.gif")).unlink()
+    datamodule = CarvanaDataModule(carvana_dir, image_size=(24, 36), num_workers=0, mask_source="csv")
+    with caplog.at_level("WARNING"):
+        datamodule.setup("fit")
+    assert "lists 2 images with no photo" in caplog.text
+    assert all(photo.name in caplog.text for photo in gone)
+    used = {s.name for s in datamodule.train_set.samples} | {s.name for s in datamodule.val_set.samples}
+    assert used.isdisjoint(p.name for p in gone)
+
+
 def test_csv_source_without_the_csv_names_the_file(carvana_dir):
     datamodule = CarvanaDataModule(carvana_dir, num_workers=0, mask_source="csv")
     with pytest.raises(ValueError, match=r"train_masks\.csv"):

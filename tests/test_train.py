@@ -8,6 +8,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import InstantiationException, MissingConfigException
 from hydra.utils import instantiate
 
+from carvana_seg.core.module import SegmentationModule
 from carvana_seg.core.precision import resolve_precision
 from carvana_seg.train import train
 from tests.conftest import CONF_DIR
@@ -53,6 +54,20 @@ def test_a_run_directory_holds_split_metrics_and_checkpoints(make_cfg, tmp_path)
     assert (out / "checkpoints" / "best.ckpt").is_file() and (out / "checkpoints" / "last.ckpt").is_file()
     checkpoint = torch.load(out / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
     assert checkpoint["hyper_parameters"]["net"]["_target_"] == "carvana_seg.models.unet.UNet"
+
+
+def test_ema_checkpoints_the_average_and_keeps_the_raw_weights_beside_it(make_cfg, tmp_path):
+    out = tmp_path / "run"
+    train(
+        make_cfg("callbacks=[default,ema]", "callbacks.ema.decay=0.5", "trainer.max_epochs=2", output_dir=out)
+    )
+    checkpoint = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    average, raw = checkpoint["state_dict"], checkpoint["current_model_state"]
+    assert average.keys() == raw.keys()
+    assert any(not torch.equal(average[k], raw[k]) for k in average if k.startswith("net."))
+    module = SegmentationModule.load_from_checkpoint(out / "checkpoints" / "last.ckpt")  # what evaluate loads
+    name = next(k for k in average if k.startswith("net.") and average[k].is_floating_point())
+    assert torch.equal(module.state_dict()[name], average[name])
 
 
 def test_ckpt_path_resumes_where_the_run_stopped(make_cfg, tmp_path):

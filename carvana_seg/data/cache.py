@@ -96,6 +96,9 @@ class DecodedCache:
         except FileNotFoundError:
             self.close()
             raise CacheGone(f"the decoded cache {folder} was removed") from None
+        except ValueError as err:  # not JSON: a damaged or foreign file, never a half-written one
+            self.close()
+            raise _damaged(folder, err) from err
         self.rows = {name: row for row, name in enumerate(self.names)}
         self._images: np.ndarray | None = None
         self._masks: np.ndarray | None = None
@@ -114,10 +117,19 @@ class DecodedCache:
     def get(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """Copies of the photo (H, W, 3) and mask (H, W) of image `name` (augmentation may write them)."""
         if self._images is None or self._masks is None:
-            self._images = np.load(self.folder / "images.npy", mmap_mode="r")
-            self._masks = np.load(self.folder / "masks.npy", mmap_mode="r")
+            try:
+                self._images = np.load(self.folder / "images.npy", mmap_mode="r")
+                self._masks = np.load(self.folder / "masks.npy", mmap_mode="r")
+            except (OSError, ValueError) as err:
+                raise DataError(
+                    f"the decoded cache {self.folder} is damaged ({err}): remove that folder"
+                ) from err
         row = self.rows[name]
         return np.array(self._images[row]), np.array(self._masks[row])
+
+
+def _damaged(folder: Path, err: Exception) -> DataError:
+    return DataError(f"the decoded cache {folder} is damaged ({err}): remove that folder and run again")
 
 
 def _open(folder: Path) -> DecodedCache | None:

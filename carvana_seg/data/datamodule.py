@@ -126,6 +126,12 @@ class CarvanaDataModule(pl.LightningDataModule):
                 f"data.mask_scale={mask_scale} keeps masks finer than the photos, which only a flip, "
                 f"Reframe and pixel-level transforms keep aligned; data.augment also has {', '.join(moving)}"
             )
+        for option, value in (("batch_size", batch_size), ("val_batch_size", val_batch_size)):
+            whole = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+            if not whole and not (option == "val_batch_size" and value is None):  # None: batch_size
+                raise DataError(f"data.{option} must be a whole number >= 1, got {value!r}")
+        if isinstance(hflip_p, bool) or not isinstance(hflip_p, int | float) or not 0 <= hflip_p <= 1:
+            raise DataError(f"data.hflip_p must be a probability in [0, 1], got {hflip_p!r}")
         check_folds(folds, fold)
         if cache and cache_dir is None:
             raise DataError("data.cache=true needs data.cache_dir (a folder for the decoded arrays)")
@@ -136,7 +142,7 @@ class CarvanaDataModule(pl.LightningDataModule):
         self.folds = folds
         self.fold = fold
         self.batch_size = batch_size
-        self.val_batch_size = val_batch_size or batch_size
+        self.val_batch_size = val_batch_size if val_batch_size is not None else batch_size
         self.num_workers = resolve_num_workers(num_workers)
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers

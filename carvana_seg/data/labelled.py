@@ -53,6 +53,18 @@ def labelled_samples(
             rows = rle_masks = None
         elif missing:
             raise DataError(f"photos without a row in {root / MASK_CSV}:{listing(missing)}")
+    if rle_masks is not None:
+        # A partly extracted train/ trains on what is there: said, not silent.
+        photos = {s.name for s in samples}
+        strays = [name for name in rle_masks if name not in photos]
+        if strays:
+            log.warning(
+                "%s lists %d images with no photo in %s (left out):%s",
+                root / MASK_CSV,
+                len(strays),
+                samples[0].image.parent if samples else root,
+                listing(strays),
+            )
     masks_csv = root / MASK_CSV if rows is not None else None
     checked = check_files and _check_once(samples, root, cache_dir, masks_csv, rows)
     if masks_csv is not None and rows is not None and not checked:

@@ -69,7 +69,7 @@ class PhotoDataset(Dataset):
     def _mask(self, index: int, full_size: tuple[int, int]) -> np.ndarray | None:
         name = self.images[index].name
         if self.rle_masks is not None:
-            return rle.decode(self.rle_masks[name], full_size)
+            return rle.decode(self.rle_masks[name], full_size, name=name)
         if self.masks is None or self.masks[index] is None:
             return None
         mask = read_mask(self.masks[index])

@@ -25,7 +25,7 @@ def read_sample(sample: Path) -> list[str]:
     names: list[str] = []
     first: dict[str, int] = {}
     try:
-        with sample.open(newline="") as handle:
+        with sample.open(newline="", encoding="utf-8-sig") as handle:  # a spreadsheet's byte-order mark
             reader = csv.reader(handle)
             header = next(reader, None)
             if header is None or not {"img", "rle_mask"} <= set(header):

@@ -26,13 +26,14 @@ import io
 import json
 import logging
 import os
-import threading
+import re
 import zlib
 from pathlib import Path
 from typing import Any
 
 from carvana_seg.data.lock import LockTimeout, file_lock
-from carvana_seg.durable import fsync_dir
+from carvana_seg.durable import TMP_SUFFIX as _TMP
+from carvana_seg.durable import atomic_write, fsync_dir, temporary_path
 from carvana_seg.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -43,32 +44,8 @@ MASKS = "masks"
 OVERLAYS = "overlays"
 SUBMISSION = "submission.csv.gz"
 LOCK = ".predict.lock"
-_TMP = ".tmp"
+_PART = re.compile(r"part-(\d+)\.csv\.gz")
 _SHOWN = 5
-
-
-def temporary_path(path: Path) -> Path:
-    """A hidden name beside `path` that belongs to this process and thread only."""
-    return path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}{_TMP}")
-
-
-def atomic_write(path: Path, data: bytes, *, sync_folder: bool = True) -> None:
-    """Write `data` to `path` whole or not at all: a temporary file of this process and thread, flushed
-    to disk, renamed into place, then the folder flushed so that the rename is on disk too.
-    `sync_folder=False` leaves that last flush to the caller (predict flushes the masks folder once per
-    committed part rather than once per mask)."""
-    tmp = temporary_path(path)
-    try:
-        with tmp.open("wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    if sync_folder:
-        fsync_dir(path.parent)
 
 
 def _gzip_member(rows: list[tuple[str, str]] | list[list[str]], header: bool = False) -> bytes:
@@ -132,6 +109,11 @@ class Output:
                 raise InputError(
                     f"output {self.folder}: cannot read its {MANIFEST} ({err}); remove the folder"
                 ) from err
+            if not isinstance(previous, dict):
+                raise InputError(
+                    f"output {self.folder}: its {MANIFEST} is not a predict manifest (a JSON object); "
+                    "remove the folder"
+                )
             self._compare(previous)
         elif self.folder.is_dir() and not all(
             self._ours_before_manifest(p.name) for p in self.folder.iterdir()
@@ -204,7 +186,8 @@ class Output:
                             Path(entry.path).unlink(missing_ok=True)
 
     def _part_files(self) -> list[Path]:
-        return sorted(self.parts.glob("part-*.csv.gz"))
+        """The committed parts, by number; any other file in .parts (a stray copy) is not one."""
+        return sorted(p for p in self.parts.glob("part-*.csv.gz") if _PART.fullmatch(p.name))
 
     def committed(self) -> int:
         """How many photos, from the first, the committed parts already hold.
@@ -253,7 +236,7 @@ class Output:
             if folder.is_dir():
                 fsync_dir(folder)
         parts = self._part_files()
-        number = int(parts[-1].name.split("-")[1].split(".")[0]) + 1 if parts else 0
+        number = int(_PART.fullmatch(parts[-1].name)[1]) + 1 if parts else 0
         atomic_write(self.parts / f"part-{number:06d}.csv.gz", _gzip_member(rows))
 
     def assemble(self, expected: list[str]) -> Path:

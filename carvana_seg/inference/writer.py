@@ -25,9 +25,10 @@ from tqdm import tqdm
 
 from carvana_seg.data import rle
 from carvana_seg.data.decode import encode_mask, read_image
+from carvana_seg.durable import atomic_write
 from carvana_seg.errors import DataError
 from carvana_seg.inference.overlay import outline_overlay
-from carvana_seg.inference.submission import Output, atomic_write
+from carvana_seg.inference.submission import Output
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,8 @@ class MaskWriter(BasePredictionWriter):
         self.threads = threads
         self.chunk_size = chunk_size
         self.done = done
-        self.skipped: list[str] = []
+        self.skipped: list[str] = []  # this run's unreadable photos, as their errors
+        self._unreadable: dict[str, str] = {}  # name -> error, until the part holding its row is committed
         self._rows: list[tuple[str, str]] = []
         self._pending: deque[Future] = deque()
         self._pool: ThreadPoolExecutor | None = None
@@ -101,6 +103,7 @@ class MaskWriter(BasePredictionWriter):
                 if self.on_error == "stop":
                     raise DataError(f"{error} (on_error=skip gives it an empty mask)")
                 self.skipped.append(error)
+                self._unreadable[name] = error
                 empty: Future = Future()
                 empty.set_result((name, ""))
                 self._pending.append(empty)
@@ -112,8 +115,7 @@ class MaskWriter(BasePredictionWriter):
         """Commit every remaining row and list the photos that were skipped."""
         self._drain(keep=0)
         if self._rows:
-            self.output.commit(self._rows)
-            self._rows = []
+            self._commit()
         if self._first is not None:
             started, first = self._first
             after = self.written - first
@@ -122,8 +124,6 @@ class MaskWriter(BasePredictionWriter):
         self.abort()
         if self.skipped:
             path = self.output.folder / UNREADABLE
-            known = path.read_text().splitlines() if path.exists() else []  # a resumed run keeps them
-            atomic_write(path, ("\n".join(dict.fromkeys([*known, *self.skipped])) + "\n").encode())
             log.warning("%d unreadable photos got empty masks; listed in %s", len(self.skipped), path)
 
     def abort(self) -> None:
@@ -142,8 +142,18 @@ class MaskWriter(BasePredictionWriter):
             if self._progress is not None:
                 self._progress.update(1)
             if len(self._rows) >= self.chunk_size:
-                self.output.commit(self._rows)
-                self._rows = []
+                self._commit()
+
+    def _commit(self) -> None:
+        """Commit the rows as one part; the unreadable photos among them are listed first, so that a run
+        killed after this part still names them (a resumed run predicts only what follows)."""
+        errors = [self._unreadable.pop(name) for name, _ in self._rows if name in self._unreadable]
+        if errors:
+            path = self.output.folder / UNREADABLE
+            known = path.read_text().splitlines() if path.exists() else []  # earlier parts and runs
+            atomic_write(path, ("\n".join(dict.fromkeys([*known, *errors])) + "\n").encode())
+        self.output.commit(self._rows)
+        self._rows = []
 
     def _finish(self, name: str, mask: np.ndarray) -> tuple[str, str]:
         """Off the main thread: the mask file and the overlay (each written atomically; their folders

@@ -61,6 +61,8 @@ def load_encoder_weights(encoder: nn.Module, path: str | Path) -> None:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a file that is not a state dict
         raise InputError(f"model.encoder_weights: {path} is not a readable PyTorch state dict") from err
+    if not isinstance(state, dict):
+        raise InputError(f"model.encoder_weights: {path} holds a {type(state).__name__}, not a state dict")
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}  # the classifier is not used
     missing, unexpected = encoder.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith("fc.")]

@@ -23,6 +23,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from carvana_seg.config import CONF_DIR
+from carvana_seg.durable import atomic_write
 from carvana_seg.tools.bench_loader import bench_loader
 from carvana_seg.tools.bench_predict import bench_predict
 from carvana_seg.tools.bench_table import Rows, markdown
@@ -46,10 +47,13 @@ def bench(cfg: DictConfig) -> list[dict]:
     datamodule.prepare_data()  # the built-in set is generated on first use
     root = datamodule.root
     output = Path(cfg.output) if cfg.output else None
-    if output is not None:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.with_suffix(".jsonl").unlink(missing_ok=True)
-    rows = Rows(output.with_suffix(".jsonl") if output is not None else None)
+    # Rows go to a .jsonl.partial as they are measured (a stopped benchmark leaves them there); the
+    # results of an earlier run are replaced only when this one ends.
+    running = output.with_suffix(".jsonl.partial") if output is not None else None
+    if running is not None:
+        running.parent.mkdir(parents=True, exist_ok=True)
+        running.unlink(missing_ok=True)
+    rows = Rows(running)
     if "loader" in cfg.sections:
         bench_loader(cfg, root, Path(cfg.paths.cache_dir), rows)
     if "train" in cfg.sections:
@@ -58,8 +62,10 @@ def bench(cfg: DictConfig) -> list[dict]:
         bench_predict(cfg, root, device, rows)
     table = markdown(rows, machine_name(device))
     print(table)
-    if output is not None:
-        output.write_text(table + "\n")
+    if output is not None and running is not None:
+        atomic_write(output, (table + "\n").encode())
+        if running.exists():
+            os.replace(running, output.with_suffix(".jsonl"))
     return rows
 
 

@@ -29,6 +29,7 @@ import numpy as np
 
 from carvana_seg.config import compose
 from carvana_seg.data.layout import car_folds
+from carvana_seg.durable import atomic_write
 from carvana_seg.errors import DataError, InputError
 from carvana_seg.evaluate import evaluate
 from carvana_seg.tools.sweep_summary import find_jobs, read_json
@@ -306,8 +307,8 @@ def write_report(report: Report, markdown_path: Path | None = None) -> str:
     markdown_path = markdown_path or report.sweep_dir / MARKDOWN
     markdown = to_markdown(report)
     markdown_path.parent.mkdir(parents=True, exist_ok=True)
-    markdown_path.write_text(markdown)
-    markdown_path.with_suffix(".csv").write_text(to_csv(report))
+    atomic_write(markdown_path, markdown.encode())
+    atomic_write(markdown_path.with_suffix(".csv"), to_csv(report).encode())
     return markdown
 
 

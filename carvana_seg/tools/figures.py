@@ -12,7 +12,6 @@ Curves come from the TensorBoard event files through tensorboard's own reader.
 from __future__ import annotations
 
 import argparse
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from carvana_seg.durable import atomic_file, atomic_write
 from carvana_seg.tools.sweep_summary import Job, best_job, find_jobs, to_markdown
 
 
@@ -90,7 +90,7 @@ def worst_errors(sweep_dir: str | Path, out: str | Path, model: str = "unet", wo
     evaluate(cfg)
     worst = sorted((output_dir / "worst").glob("01_*.png"))[0]
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(worst, out)
+    atomic_write(out, worst.read_bytes())
     return Path(out)
 
 
@@ -103,10 +103,11 @@ def make_all(sweep_dir: str | Path, out_dir: str | Path) -> list[Path]:
         raise FileNotFoundError(f"{sweep_dir} holds no finished job (run `make study` first)")
     curves = out_dir / "study_curves.png"
     figure = study_curves(sweep_dir, ("val/dice", "val/accuracy"))
-    figure.savefig(curves, dpi=110)
+    with atomic_file(curves) as handle:
+        figure.savefig(handle, format="png", dpi=110)
     plt.close(figure)
     table = out_dir / "study_table.md"
-    table.write_text(to_markdown(jobs))
+    atomic_write(table, to_markdown(jobs).encode())
     return [curves, table, worst_errors(sweep_dir, out_dir / "worst_errors.png")]
 
 

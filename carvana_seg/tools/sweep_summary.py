@@ -30,6 +30,8 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from carvana_seg.durable import atomic_write  # per process and thread: parallel jobs may rebuild at once
+
 METRICS = (
     "val/dice",
     "val/dice_best",
@@ -175,20 +177,13 @@ def to_csv(jobs: Sequence[Job]) -> str:
     return buffer.getvalue()
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write through a temporary file and a rename: parallel jobs may rebuild the summary at once."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
-
-
 def write_summary(sweep_dir: str | Path, metric: str = "val/dice_best") -> str:
     """Write summary.md and summary.csv into `sweep_dir`; return the markdown table."""
     sweep_dir = Path(sweep_dir)
     jobs = find_jobs(sweep_dir)
     markdown = to_markdown(jobs, metric)
-    _write_atomic(sweep_dir / MARKDOWN, markdown)
-    _write_atomic(sweep_dir / CSV, to_csv(jobs))
+    atomic_write(sweep_dir / MARKDOWN, markdown.encode())
+    atomic_write(sweep_dir / CSV, to_csv(jobs).encode())
     return markdown
 
 
@@ -219,7 +214,7 @@ class SweepSummary(Callback):
         if job_return.status == JobStatus.FAILED:
             error = job_return._return_value
             status["error"] = f"{type(error).__name__}: {error}".splitlines()[0][:200]
-        _write_atomic(job_dir / STATUS_FILE, json.dumps(status) + "\n")
+        atomic_write(job_dir / STATUS_FILE, (json.dumps(status) + "\n").encode())
         # (Hydra turns an error in a callback into a warning: the job's result stands.)
         write_summary(config.hydra.sweep.dir, self.metric)
 

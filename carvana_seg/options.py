@@ -1,0 +1,46 @@
+"""Checks of the options the commands share (evaluate, predict, export): each refuses a bad value with
+an InputError that names the option, before the command loads a checkpoint or reads a photo."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from carvana_seg.errors import InputError
+
+
+def whole(cfg: DictConfig, key: str, minimum: int = 1) -> int:
+    """The whole number at `key` (dotted), at least `minimum`."""
+    value = OmegaConf.select(cfg, key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InputError(f"{key} must be a whole number >= {minimum}, got {value!r}")
+    return value
+
+
+def flag(cfg: DictConfig, key: str) -> bool:
+    """The true or false at `key` (dotted); "yes" or 1 are refused, not guessed."""
+    value = OmegaConf.select(cfg, key)
+    if not isinstance(value, bool):
+        raise InputError(f"{key} must be true or false, got {value!r}")
+    return value
+
+
+def probability(value: Any, what: str) -> float:
+    """A threshold: strictly between 0 and 1 (at 0 or 1 every pixel would be car, or none)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
+        raise InputError(f"{what} must be a probability strictly between 0 and 1, got {value!r}")
+    return float(value)
+
+
+def image_size(value: Any, key: str) -> tuple[int, int] | None:
+    """null, or [H, W] in whole pixels >= 1."""
+    if value is None:
+        return None
+    if (
+        not (OmegaConf.is_list(value) or isinstance(value, list | tuple))
+        or len(value) != 2
+        or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in value)
+    ):
+        raise InputError(f"{key} must be null or [H, W] in whole pixels >= 1, got {value!r}")
+    return int(value[0]), int(value[1])

@@ -15,6 +15,8 @@ from typing import Any
 import hydra
 import pytorch_lightning as pl
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
@@ -127,8 +129,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    """Entry point; returns the value of `optimized_metric` for Hydra sweepers."""
-    metrics = exit_on_input_error(train, cfg)
+    """Entry point; returns the value of `optimized_metric` for Hydra sweepers. In a sweep, a job's bad
+    input fails that job (Hydra records it, the sweep summary lists it with its message) instead of
+    exiting the whole sweep with the jobs before it left out of the summary."""
+    in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
+    metrics = train(cfg) if in_sweep else exit_on_input_error(train, cfg)
     metric = cfg.get("optimized_metric")
     return metrics.get(metric) if metric else None
 

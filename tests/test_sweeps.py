@@ -246,7 +246,7 @@ def test_a_grid_with_a_failing_job_still_leaves_its_summary(tmp_path: Path):
         "-m",
         "model=cnn",
         "model.hidden_channels=4",
-        "optimizer.lr=0.001,-1",  # Adam refuses a negative learning rate: job 1 fails
+        "optimizer.lr=0.001,-1",  # Adam refuses a negative learning rate: job 1 fails before its data
         *TINY_SWEEP,
         f"data.root={data}",
         f"paths.cache_dir={tmp_path / 'cache'}",
@@ -257,6 +257,29 @@ def test_a_grid_with_a_failing_job_still_leaves_its_summary(tmp_path: Path):
         rows = list(csv.DictReader(handle))
     assert [(row["job"], row["optimizer.lr"]) for row in rows] == [("0", "0.001"), ("1", "-1")]
     assert rows[0]["status"] == "ok" and float(rows[0]["val/dice"]) >= 0.0
-    assert rows[1]["status"].startswith("failed: ValueError: Invalid learning rate")
+    assert rows[1]["status"] == "failed: InputError: optimizer: Invalid learning rate: -1"
     assert rows[1]["val/dice"] == ""
     assert "2 jobs, 1 finished, 1 failed." in (sweep / "summary.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_job_whose_option_a_constructor_refuses_is_listed_with_the_plain_message(tmp_path: Path):
+    data = write_carvana(tmp_path / "data", cars=3)
+    sweep = tmp_path / "sweep"
+    result = run_cli(
+        "-m",
+        "model=cnn",
+        "model.hidden_channels=4",
+        "data.mask_scale=1,0",  # the data module refuses 0 under Hydra's instantiate
+        *TINY_SWEEP,
+        f"data.root={data}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        f"hydra.sweep.dir={sweep}",
+    )
+    assert result.returncode != 0
+    with (sweep / "summary.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["status"] for row in rows] == [
+        "ok",
+        "failed: DataError: data.mask_scale must be a whole number >= 1, got 0",
+    ]

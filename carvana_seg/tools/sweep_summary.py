@@ -31,6 +31,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from carvana_seg.durable import atomic_write  # per process and thread: parallel jobs may rebuild at once
+from carvana_seg.errors import input_error_in
 
 METRICS = (
     "val/dice",
@@ -213,6 +214,7 @@ class SweepSummary(Callback):
         status: dict[str, Any] = {"status": job_return.status.name.lower()}
         if job_return.status == JobStatus.FAILED:
             error = job_return._return_value
+            error = input_error_in(error) or error  # the plain message, not Hydra's instantiate wrapper
             status["error"] = f"{type(error).__name__}: {error}".splitlines()[0][:200]
         atomic_write(job_dir / STATUS_FILE, (json.dumps(status) + "\n").encode())
         # (Hydra turns an error in a callback into a warning: the job's result stands.)

@@ -132,7 +132,7 @@ def main(cfg: DictConfig) -> float | None:
     """Entry point; returns the value of `optimized_metric` for Hydra sweepers. In a sweep, a job's bad
     input fails that job (Hydra records it, the sweep summary lists it with its message) instead of
     exiting the whole sweep with the jobs before it left out of the summary."""
-    in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
+    in_sweep = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     metrics = train(cfg) if in_sweep else exit_on_input_error(train, cfg)
     metric = cfg.get("optimized_metric")
     return metrics.get(metric) if metric else None

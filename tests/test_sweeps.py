@@ -23,6 +23,22 @@ from tests.test_cli import run_cli
 TINY_SWEEP = ["data=carvana", "debug=tiny", "callbacks.prediction_grid=null"]
 
 
+def run_sweep(tmp_path: Path, *overrides: str) -> tuple[subprocess.CompletedProcess, Path]:
+    """`python -m carvana_seg.train -m OVERRIDES` at the tests' size on three written cars; the sweep
+    folder is tmp_path/sweep."""
+    data = write_carvana(tmp_path / "data", cars=3)
+    sweep = tmp_path / "sweep"
+    result = run_cli(
+        "-m",
+        *overrides,
+        *TINY_SWEEP,
+        f"data.root={data}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        f"hydra.sweep.dir={sweep}",
+    )
+    return result, sweep
+
+
 def fake_job(sweep: Path, num: int, overrides: list[str], metrics: dict | None, status: dict | None = None):
     job = sweep / str(num)
     (job / ".hydra").mkdir(parents=True)
@@ -153,20 +169,14 @@ def test_the_search_the_launchers_and_the_ddp_trainers_compose():
 
 @pytest.mark.slow
 def test_an_optuna_search_runs_its_trials_and_keeps_results_in_the_sweep_folder(tmp_path: Path):
-    data = write_carvana(tmp_path / "data", cars=3)
-    sweep = tmp_path / "sweep"
-    result = run_cli(
-        "-m",
+    result, sweep = run_sweep(
+        tmp_path,
         "hparams_search=unet_optuna",
         "hydra.sweeper.n_trials=2",
         # Fixed on the command line, so out of the search: a tiny U-Net at a tiny batch.
         "model.base_channels=4",
         "model.depth=2",
         "data.batch_size=4",
-        *TINY_SWEEP,
-        f"data.root={data}",
-        f"paths.cache_dir={tmp_path / 'cache'}",
-        f"hydra.sweep.dir={sweep}",
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
@@ -198,20 +208,14 @@ def test_an_optuna_search_runs_its_trials_and_keeps_results_in_the_sweep_folder(
 
 @pytest.mark.slow
 def test_the_joblib_launcher_runs_jobs_in_parallel_with_their_share_of_the_cores(tmp_path: Path):
-    data = write_carvana(tmp_path / "data", cars=3)
-    sweep = tmp_path / "sweep"
-    result = run_cli(
-        "-m",
+    result, sweep = run_sweep(
+        tmp_path,
         "hydra/launcher=joblib",
         "hydra.launcher.n_jobs=2",
         "model=cnn",
         "model.hidden_channels=4",
         "loss=bce,dice",
-        *TINY_SWEEP,
         "data.num_workers=1",  # loader workers inside joblib's (loky) workers
-        f"data.root={data}",
-        f"paths.cache_dir={tmp_path / 'cache'}",
-        f"hydra.sweep.dir={sweep}",
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "Joblib.Parallel(n_jobs=2" in result.stdout + result.stderr
@@ -240,17 +244,11 @@ def test_the_joblib_launcher_runs_jobs_in_parallel_with_their_share_of_the_cores
 
 @pytest.mark.slow
 def test_a_grid_with_a_failing_job_still_leaves_its_summary(tmp_path: Path):
-    data = write_carvana(tmp_path / "data", cars=3)
-    sweep = tmp_path / "sweep"
-    result = run_cli(
-        "-m",
+    result, sweep = run_sweep(
+        tmp_path,
         "model=cnn",
         "model.hidden_channels=4",
         "optimizer.lr=0.001,-1",  # Adam refuses a negative learning rate: job 1 fails before its data
-        *TINY_SWEEP,
-        f"data.root={data}",
-        f"paths.cache_dir={tmp_path / 'cache'}",
-        f"hydra.sweep.dir={sweep}",
     )
     assert result.returncode != 0  # Hydra ends a sweep with a failed job with an error
     with (sweep / "summary.csv").open() as handle:
@@ -264,17 +262,11 @@ def test_a_grid_with_a_failing_job_still_leaves_its_summary(tmp_path: Path):
 
 @pytest.mark.slow
 def test_a_job_whose_option_a_constructor_refuses_is_listed_with_the_plain_message(tmp_path: Path):
-    data = write_carvana(tmp_path / "data", cars=3)
-    sweep = tmp_path / "sweep"
-    result = run_cli(
-        "-m",
+    result, sweep = run_sweep(
+        tmp_path,
         "model=cnn",
         "model.hidden_channels=4",
         "data.mask_scale=1,0",  # the data module refuses 0 under Hydra's instantiate
-        *TINY_SWEEP,
-        f"data.root={data}",
-        f"paths.cache_dir={tmp_path / 'cache'}",
-        f"hydra.sweep.dir={sweep}",
     )
     assert result.returncode != 0
     with (sweep / "summary.csv").open() as handle:

@@ -17,6 +17,12 @@ class DataError(InputError):
     """The data on disk is not what the loader needs; the message names the file(s) and the fix."""
 
 
+def shown(names: list[str], most: int = 5) -> str:
+    """Names for a one-line message: the first `most`, then how many more."""
+    more = f" and {len(names) - most} more" if len(names) > most else ""
+    return ", ".join(names[:most]) + more
+
+
 class DivergedError(InputError):
     """Training diverged (the loss, logits or weights became NaN/inf): the options (learning rate, schedule,
     precision) are the user's to change; the message says which checkpoint is still good."""

@@ -42,7 +42,7 @@ from carvana_seg.data.labelled import labelled_samples
 from carvana_seg.data.photos import PhotoDataset, batches_by_size, photo_loader
 from carvana_seg.data.sample import Sample
 from carvana_seg.durable import atomic_file, atomic_write
-from carvana_seg.errors import DataError, InputError, exit_on_input_error
+from carvana_seg.errors import DataError, InputError, exit_on_input_error, shown
 from carvana_seg.inference.error_panel import error_panel
 from carvana_seg.inference.forward import autocast, pick_device
 from carvana_seg.inference.stress import StressedPhotos, check_names, describe
@@ -75,10 +75,9 @@ def _samples(cfg: DictConfig, run: RunConfig | None) -> tuple[list[Sample], dict
         val_cars = set(run.val_cars)
         missing = sorted(val_cars - {s.car_id for s in samples})
         if missing:
-            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
             raise InputError(
                 f"{root} no longer holds {len(missing)} of the run's {len(val_cars)} validation cars "
-                f"({shown}): restore them, or score every photo there with split=all"
+                f"({shown(missing)}): restore them, or score every photo there with split=all"
             )
         samples = [s for s in samples if s.car_id in val_cars]
     return samples, rle_masks, str(root), split

@@ -12,9 +12,13 @@ from carvana_seg.errors import InputError
 
 def whole(cfg: DictConfig, key: str, minimum: int = 1) -> int:
     """The whole number at `key` (dotted), at least `minimum`."""
-    value = OmegaConf.select(cfg, key)
+    return whole_number(OmegaConf.select(cfg, key), key, minimum)
+
+
+def whole_number(value: Any, what: str, minimum: int = 1) -> int:
+    """`value`, a whole number at least `minimum` (True is not 1)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InputError(f"{key} must be a whole number >= {minimum}, got {value!r}")
+        raise InputError(f"{what} must be a whole number >= {minimum}, got {value!r}")
     return value
 
 

@@ -39,6 +39,12 @@ def run_sweep(tmp_path: Path, *overrides: str) -> tuple[subprocess.CompletedProc
     return result, sweep
 
 
+def summary_rows(sweep: Path) -> list[dict[str, str]]:
+    """The rows of the sweep's summary.csv."""
+    with (sweep / "summary.csv").open() as handle:
+        return list(csv.DictReader(handle))
+
+
 def fake_job(sweep: Path, num: int, overrides: list[str], metrics: dict | None, status: dict | None = None):
     job = sweep / str(num)
     (job / ".hydra").mkdir(parents=True)
@@ -96,8 +102,7 @@ def test_the_summary_of_a_sweep_lists_every_job_in_order_and_shows_failed_ones(t
     assert "5 jobs, 3 finished, 2 failed." in markdown
     assert "Best val/dice_best: 0.8600, job 10 (model=unet loss=bce_dice)." in markdown
 
-    with (sweep / "summary.csv").open() as handle:
-        rows = list(csv.DictReader(handle))
+    rows = summary_rows(sweep)
     assert [row["job"] for row in rows] == ["0", "1", "2", "3", "10"]
     assert rows[1]["loss"] == "dice" and rows[1]["val/dice"] == "0.7200" and rows[1]["epochs"] == "3"
     assert rows[2]["status"] == "failed: RuntimeError: boom" and rows[2]["val/dice"] == ""
@@ -233,8 +238,7 @@ def test_the_joblib_launcher_runs_jobs_in_parallel_with_their_share_of_the_cores
     assert lines[0].startswith("| job | loss | status | val/dice | val/dice_best |")
     assert lines[2].startswith("| 0 | bce | ok | ") and lines[3].startswith("| 1 | dice | ok | ")
     assert "2 jobs, 2 finished, 0 failed." in summary
-    with (sweep / "summary.csv").open() as handle:
-        rows = list(csv.DictReader(handle))
+    rows = summary_rows(sweep)
     assert [(row["job"], row["loss"], row["status"]) for row in rows] == [
         ("0", "bce", "ok"),
         ("1", "dice", "ok"),
@@ -251,8 +255,7 @@ def test_a_grid_with_a_failing_job_still_leaves_its_summary(tmp_path: Path):
         "optimizer.lr=0.001,-1",  # Adam refuses a negative learning rate: job 1 fails before its data
     )
     assert result.returncode != 0  # Hydra ends a sweep with a failed job with an error
-    with (sweep / "summary.csv").open() as handle:
-        rows = list(csv.DictReader(handle))
+    rows = summary_rows(sweep)
     assert [(row["job"], row["optimizer.lr"]) for row in rows] == [("0", "0.001"), ("1", "-1")]
     assert rows[0]["status"] == "ok" and float(rows[0]["val/dice"]) >= 0.0
     assert rows[1]["status"] == "failed: InputError: optimizer: Invalid learning rate: -1"
@@ -269,8 +272,7 @@ def test_a_job_whose_option_a_constructor_refuses_is_listed_with_the_plain_messa
         "data.mask_scale=1,0",  # the data module refuses 0 under Hydra's instantiate
     )
     assert result.returncode != 0
-    with (sweep / "summary.csv").open() as handle:
-        rows = list(csv.DictReader(handle))
+    rows = summary_rows(sweep)
     assert [row["status"] for row in rows] == [
         "ok",
         "failed: DataError: data.mask_scale must be a whole number >= 1, got 0",

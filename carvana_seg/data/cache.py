@@ -121,9 +121,7 @@ class DecodedCache:
                 self._images = np.load(self.folder / "images.npy", mmap_mode="r")
                 self._masks = np.load(self.folder / "masks.npy", mmap_mode="r")
             except (OSError, ValueError) as err:
-                raise DataError(
-                    f"the decoded cache {self.folder} is damaged ({err}): remove that folder"
-                ) from err
+                raise _damaged(self.folder, err) from err
         row = self.rows[name]
         return np.array(self._images[row]), np.array(self._masks[row])
 

@@ -21,6 +21,7 @@ from carvana_seg.data.layout import MASK_CSV, check_folds, split_by_car
 from carvana_seg.data.photos import PhotoDataset, photo_loader
 from carvana_seg.data.sample import Sample
 from carvana_seg.errors import DataError
+from carvana_seg.options import whole_number
 
 log = logging.getLogger(__name__)
 
@@ -126,10 +127,9 @@ class CarvanaDataModule(pl.LightningDataModule):
                 f"data.mask_scale={mask_scale} keeps masks finer than the photos, which only a flip, "
                 f"Reframe and pixel-level transforms keep aligned; data.augment also has {', '.join(moving)}"
             )
-        for option, value in (("batch_size", batch_size), ("val_batch_size", val_batch_size)):
-            whole = isinstance(value, int) and not isinstance(value, bool) and value >= 1
-            if not whole and not (option == "val_batch_size" and value is None):  # None: batch_size
-                raise DataError(f"data.{option} must be a whole number >= 1, got {value!r}")
+        whole_number(batch_size, "data.batch_size")
+        if val_batch_size is not None:  # None: batch_size
+            whole_number(val_batch_size, "data.val_batch_size")
         if isinstance(hflip_p, bool) or not isinstance(hflip_p, int | float) or not 0 <= hflip_p <= 1:
             raise DataError(f"data.hflip_p must be a probability in [0, 1], got {hflip_p!r}")
         check_folds(folds, fold)

@@ -34,7 +34,7 @@ from typing import Any
 from carvana_seg.data.lock import LockTimeout, file_lock
 from carvana_seg.durable import TMP_SUFFIX as _TMP
 from carvana_seg.durable import atomic_write, fsync_dir, temporary_path
-from carvana_seg.errors import InputError
+from carvana_seg.errors import InputError, shown
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,6 @@ OVERLAYS = "overlays"
 SUBMISSION = "submission.csv.gz"
 LOCK = ".predict.lock"
 _PART = re.compile(r"part-(\d+)\.csv\.gz")
-_SHOWN = 5
 
 
 def _gzip_member(rows: list[tuple[str, str]] | list[list[str]], header: bool = False) -> bytes:
@@ -58,11 +57,6 @@ def _gzip_member(rows: list[tuple[str, str]] | list[list[str]], header: bool = F
     return gzip.compress(text.getvalue().encode(), compresslevel=6, mtime=0)
 
 
-def _shown(names: list[str]) -> str:
-    more = f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else ""
-    return ", ".join(names[:_SHOWN]) + more
-
-
 def photo_differences(before: list[str], now: list[str]) -> str:
     """What changed between two ordered photo lists, in words (empty when nothing did)."""
     if before == now:
@@ -72,9 +66,9 @@ def photo_differences(before: list[str], now: list[str]) -> str:
     added = [name for name in now if name not in old]
     said = []
     if gone:
-        said.append(f"{len(gone)} photos of that run are no longer in the input: {_shown(gone)}")
+        said.append(f"{len(gone)} photos of that run are no longer in the input: {shown(gone)}")
     if added:
-        said.append(f"{len(added)} photos are new: {_shown(added)}")
+        said.append(f"{len(added)} photos are new: {shown(added)}")
     if not said:
         at = next(i for i, (a, b) in enumerate(zip(before, now, strict=True)) if a != b)
         said.append(f"the same photos in another order (row {at + 1} was {before[at]}, is now {now[at]})")
@@ -226,7 +220,7 @@ class Output:
             log.warning(
                 "dropped %d committed rows that did not continue the photo list (duplicates or strays): %s",
                 len(dropped),
-                _shown(dropped),
+                shown(dropped),
             )
         return done
 

@@ -39,7 +39,7 @@ class DarkFloor(A.DualTransform):
         self,
         band_p: float = 0.5,
         shadow_p: float = 0.5,
-        darkness: Sequence[float] = (0.3, 0.85),
+        darkness: Sequence[float] = (0.25, 0.6),
         band_gap: Sequence[float] = (0.0, 0.08),
         band_height: Sequence[float] = (0.04, 0.2),
         shadow_height: Sequence[float] = (0.01, 0.04),

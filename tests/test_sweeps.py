@@ -21,6 +21,7 @@ from tests.conftest import CONF_DIR, ROOT, write_carvana
 from tests.test_cli import run_cli
 
 TINY_SWEEP = ["data=carvana", "debug=tiny", "callbacks.prediction_grid=null"]
+TINY_CNN = ["model=cnn", "model.hidden_channels=4"]
 
 
 def run_sweep(tmp_path: Path, *overrides: str) -> tuple[subprocess.CompletedProcess, Path]:
@@ -217,8 +218,7 @@ def test_the_joblib_launcher_runs_jobs_in_parallel_with_their_share_of_the_cores
         tmp_path,
         "hydra/launcher=joblib",
         "hydra.launcher.n_jobs=2",
-        "model=cnn",
-        "model.hidden_channels=4",
+        *TINY_CNN,
         "loss=bce,dice",
         "data.num_workers=1",  # loader workers inside joblib's (loky) workers
     )
@@ -250,8 +250,7 @@ def test_the_joblib_launcher_runs_jobs_in_parallel_with_their_share_of_the_cores
 def test_a_grid_with_a_failing_job_still_leaves_its_summary(tmp_path: Path):
     result, sweep = run_sweep(
         tmp_path,
-        "model=cnn",
-        "model.hidden_channels=4",
+        *TINY_CNN,
         "optimizer.lr=0.001,-1",  # Adam refuses a negative learning rate: job 1 fails before its data
     )
     assert result.returncode != 0  # Hydra ends a sweep with a failed job with an error
@@ -267,8 +266,7 @@ def test_a_grid_with_a_failing_job_still_leaves_its_summary(tmp_path: Path):
 def test_a_job_whose_option_a_constructor_refuses_is_listed_with_the_plain_message(tmp_path: Path):
     result, sweep = run_sweep(
         tmp_path,
-        "model=cnn",
-        "model.hidden_channels=4",
+        *TINY_CNN,
         "data.mask_scale=1,0",  # the data module refuses 0 under Hydra's instantiate
     )
     assert result.returncode != 0

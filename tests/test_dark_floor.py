@@ -81,6 +81,7 @@ def test_it_is_drawn_from_the_seed_and_off_with_probability_zero():
         ({"shadow_height": (0.0, 2.0)}, "shadow_height"),
         ({"car_p": -0.1}, "car_p must be a probability"),
         ({"car_darkness": (0.5, 1.5)}, "car_darkness"),
+        ({"band_car_p": 2}, "band_car_p must be a probability"),
     ],
 )
 def test_bad_options_are_refused_by_name(kwargs, message):
@@ -106,3 +107,24 @@ def test_the_car_itself_darkens_when_asked_and_the_floor_stays(scale):
     assert np.array_equal(out["image"][:20], photo[:20]) and np.array_equal(out["image"][40:], photo[40:])
     assert np.abs(out["image"][20:40, 25:65].astype(int) - photo[20:40, 25:65] // 2).max() <= 1
     assert np.array_equal(run(DarkFloor(band_p=0.0, shadow_p=0.0, p=1.0), photo, mask)["image"], photo)
+
+
+@pytest.mark.parametrize("scale", [1, 2])
+def test_a_band_across_the_car_darkens_car_and_floor_alike(scale):
+    photo, mask = studio(scale)
+    across = DarkFloor(
+        band_p=1.0, shadow_p=0.0, darkness=(0.5, 0.5), band_height=(0.1, 0.1), band_car_p=1.0, p=1.0
+    )
+    car_rows_seen = 0
+    for seed in range(8):
+        out = run(across, photo, mask, seed=seed)
+        assert np.array_equal(out["mask"], mask)
+        changed = np.flatnonzero((out["image"] != photo).any(axis=(1, 2)))
+        assert 20 - 1 <= changed.min() < 40  # it starts within the car's rows
+        core = changed.min() + 3  # inside the 6-row band, past its soft edge
+        floor, car = out["image"][core, 5, 0], out["image"][core, 45, 0]
+        assert floor == pytest.approx(200 * 0.5, abs=2)
+        if core < 40:  # the car's pixels in the band lose the same share of their light
+            assert car == pytest.approx(180 * 0.5, abs=2)
+            car_rows_seen += 1
+    assert car_rows_seen > 0

@@ -11,7 +11,10 @@ resolution), so the mask is unchanged and it works with `data.mask_scale > 1`:
 - a shadow under the car: a soft ellipse as wide as the car's lowest part, centred on its lowest row;
 - the car itself darkened (drawn apart, off by default): a dark floor alone teaches "dark below the
   car is floor", which cuts the dark lower body of a black car; dark cars beside dark floors teach the
-  network to find the car's outline instead.
+  network to find the car's outline instead;
+- a band across the car (off by default): the band starts at a random height of the car and darkens
+  the car's pixels in it as well as the floor's, so that a dark horizontal stripe is no longer a sign
+  of floor by itself: where it is car or floor, only the outline tells.
 """
 
 from __future__ import annotations
@@ -31,7 +34,9 @@ class DarkFloor(A.DualTransform):
     """With probability `p`: a dark floor band with probability `band_p` and a shadow under the car with
     probability `shadow_p`, each cutting the floor's light by a share drawn from `darkness`, and the car's
     own light cut by a share drawn from `car_darkness` with probability `car_p` (all drawn independently).
-    Sizes are shares of the frame's height (`band_gap`, `band_height`, `shadow_height`)."""
+    Given a band, with probability `band_car_p` it starts at a random height of the car instead of below
+    it and darkens car and floor alike. Sizes are shares of the frame's height (`band_gap`, `band_height`,
+    `shadow_height`)."""
 
     any_resolution = True  # the mask is not moved, so it may be finer than the photo
 
@@ -45,6 +50,7 @@ class DarkFloor(A.DualTransform):
         shadow_height: Sequence[float] = (0.01, 0.04),
         car_p: float = 0.0,
         car_darkness: Sequence[float] = (0.3, 0.8),
+        band_car_p: float = 0.0,
         p: float = 0.5,
     ) -> None:
         super().__init__(p=p)
@@ -56,25 +62,27 @@ class DarkFloor(A.DualTransform):
         self.shadow_height = option_range("DarkFloor", "shadow_height", shadow_height, low=0.0, high=1.0)
         self.car_p = _share("car_p", car_p)
         self.car_darkness = option_range("DarkFloor", "car_darkness", car_darkness, low=0.0, high=1.0)
+        self.band_car_p = _share("band_car_p", band_car_p)
 
     def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
         mask = data["mask"]
         rows = np.flatnonzero(mask.any(axis=1))
         height, width = mask.shape[:2]
         draw = self.py_random.uniform
-        # The car's lowest row and the span of its lowest fifth, as shares of the frame.
+        # The car's top and lowest rows and the span of its lowest fifth, as shares of the frame.
         if len(rows):
-            bottom = (rows[-1] + 1) / height
+            top_row, bottom = rows[0] / height, (rows[-1] + 1) / height
             base = mask[max(rows[0], rows[-1] - (rows[-1] - rows[0]) // 5) : rows[-1] + 1]
             low_cols = np.flatnonzero(base.any(axis=0))
             left, right = low_cols[0] / width, (low_cols[-1] + 1) / width
         else:
-            bottom, left, right = 0.8, 0.3, 0.7
+            top_row, bottom, left, right = 0.5, 0.8, 0.3, 0.7
         band = None
         if self.py_random.random() < self.band_p:
-            top = bottom + draw(*self.band_gap)
+            across = self.py_random.random() < self.band_car_p
+            top = draw(top_row, bottom) if across else bottom + draw(*self.band_gap)
             end = 1.0 if self.py_random.random() < 0.3 else top + draw(*self.band_height)
-            band = (top, end, draw(*self.darkness), draw(0.005, 0.03))
+            band = (top, end, draw(*self.darkness), draw(0.005, 0.03), across)
         shadow = None
         if self.py_random.random() < self.shadow_p:
             half_width = (right - left) / 2 * draw(0.8, 1.15)
@@ -95,12 +103,17 @@ class DarkFloor(A.DualTransform):
             return img
         height, width = img.shape[:2]
         cut = np.zeros((height, width), np.float32)  # the share of light taken from each pixel
+        band_cut = np.zeros((height, 1), np.float32)  # a band that also darkens the car
         y = (np.arange(height, dtype=np.float32) + 0.5) / height
         x = (np.arange(width, dtype=np.float32) + 0.5) / width
         if band is not None:
-            top, end, darkness, soft = band
+            top, end, darkness, soft, across = band
             inside = np.minimum(y - top, end - y) if end < 1.0 else y - top
-            cut = np.maximum(cut, (darkness * np.clip(inside / soft, 0, 1))[:, None])
+            rows = (darkness * np.clip(inside / soft, 0, 1))[:, None]
+            if across:
+                band_cut = rows
+            else:
+                cut = np.maximum(cut, rows)
         if shadow is not None:
             cx, cy, half_width, half_height, darkness = shadow
             r2 = ((x[None, :] - cx) / half_width) ** 2 + ((y[:, None] - cy) / half_height) ** 2
@@ -111,6 +124,7 @@ class DarkFloor(A.DualTransform):
             share = car.astype(np.float32) / (255.0 if car.max() > 1 else 1.0)
             coverage = np.clip(cv2.resize(share, (width, height), interpolation=cv2.INTER_AREA), 0, 1)
             cut = cut * (1 - coverage) + car_cut * coverage
+        cut = np.maximum(cut, band_cut)
         gain = (1 - cut)[..., None] if img.ndim == 3 else 1 - cut
         return np.clip(np.rint(img * gain), 0, 255).astype(img.dtype)
 
@@ -127,6 +141,7 @@ class DarkFloor(A.DualTransform):
             "shadow_height",
             "car_p",
             "car_darkness",
+            "band_car_p",
         )
 
 

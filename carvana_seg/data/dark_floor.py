@@ -71,16 +71,16 @@ class DarkFloor(A.DualTransform):
         draw = self.py_random.uniform
         # The car's top and lowest rows and the span of its lowest fifth, as shares of the frame.
         if len(rows):
-            top_row, bottom = rows[0] / height, (rows[-1] + 1) / height
+            car_top, bottom = rows[0] / height, (rows[-1] + 1) / height
             base = mask[max(rows[0], rows[-1] - (rows[-1] - rows[0]) // 5) : rows[-1] + 1]
             low_cols = np.flatnonzero(base.any(axis=0))
             left, right = low_cols[0] / width, (low_cols[-1] + 1) / width
         else:
-            top_row, bottom, left, right = 0.5, 0.8, 0.3, 0.7
+            car_top, bottom, left, right = 0.5, 0.8, 0.3, 0.7
         band = None
         if self.py_random.random() < self.band_p:
             across = self.py_random.random() < self.band_car_p
-            top = draw(top_row, bottom) if across else bottom + draw(*self.band_gap)
+            top = draw(car_top, bottom) if across else bottom + draw(*self.band_gap)
             end = 1.0 if self.py_random.random() < 0.3 else top + draw(*self.band_height)
             band = (top, end, draw(*self.darkness), draw(0.005, 0.03), across)
         shadow = None
@@ -103,7 +103,7 @@ class DarkFloor(A.DualTransform):
             return img
         height, width = img.shape[:2]
         cut = np.zeros((height, width), np.float32)  # the share of light taken from each pixel
-        band_cut = np.zeros((height, 1), np.float32)  # a band that also darkens the car
+        band_cut: np.ndarray | float = 0.0  # a band across the car: it darkens car and floor alike
         y = (np.arange(height, dtype=np.float32) + 0.5) / height
         x = (np.arange(width, dtype=np.float32) + 0.5) / width
         if band is not None:

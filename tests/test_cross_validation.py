@@ -19,7 +19,8 @@ from carvana_seg.data.datamodule import CarvanaDataModule
 from carvana_seg.data.layout import car_folds, split_by_car
 from carvana_seg.data.sample import Sample
 from carvana_seg.errors import DataError, input_error_in
-from carvana_seg.tools.cross_validation import cross_validate, write_report
+from carvana_seg.tools.cross_validation import cross_validate, repeats, write_report
+from carvana_seg.tools.cross_validation import main as cross_validation_main
 from carvana_seg.train import train
 from tests.conftest import ROOT, TINY_UNET, car_id, write_carvana
 from tests.test_cli import run_cli
@@ -111,23 +112,29 @@ def test_the_recipe_composes_with_folds_and_the_synthetic_data_takes_them(tmp_pa
     assert type(module).__name__ == "SyntheticDataModule" and (module.folds, module.fold) == (3, 1)
 
 
-def test_a_multirun_over_three_folds_and_its_full_size_report(tmp_path: Path):
-    data = write_carvana(tmp_path / "data", cars=6, views=4, size=(64, 96))
-    sweep, cache = tmp_path / "cv", tmp_path / "cache"
+def fold_sweep(tmp_path: Path, sweep: Path, cars: int, views: int, folds: int, epochs: int, extra=()) -> None:
+    """A multirun of a tiny U-Net over every fold of `cars` generated cars (and the `extra` overrides)."""
+    data = write_carvana(tmp_path / "data", cars=cars, views=views, size=(64, 96))
     result = run_cli(
         "-m",
         "data=carvana",
         f"data.root={data}",
-        "data.folds=3",
-        "data.fold=range(3)",
+        f"data.folds={folds}",
+        f"data.fold=range({folds})",
+        *extra,
         "debug=tiny",
         *TINY_UNET,
-        "trainer.max_epochs=3",
+        f"trainer.max_epochs={epochs}",
         "callbacks.prediction_grid=null",
-        f"paths.cache_dir={cache}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
         f"hydra.sweep.dir={sweep}",
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def test_a_multirun_over_three_folds_and_its_full_size_report(tmp_path: Path):
+    sweep, cache = tmp_path / "cv", tmp_path / "cache"
+    fold_sweep(tmp_path, sweep, cars=6, views=4, folds=3, epochs=3)
     splits = [json.loads((sweep / str(job) / "split.json").read_text()) for job in range(3)]
     assert [(s["folds"], s["fold"]) for s in splits] == [(3, 0), (3, 1), (3, 2)]
     cars = sorted(car_id(c) for c in range(6))
@@ -199,3 +206,62 @@ def test_a_multirun_over_three_folds_and_its_full_size_report(tmp_path: Path):
     shutil.copytree(sweep / "0", sweep / "3")
     with pytest.raises(DataError, match=rf"car {splits[0]['val'][0]} is validated by jobs 0 and 3"):
         cross_validate(sweep, overrides=evaluate_options)
+
+
+def test_a_sweep_over_folds_and_seeds_is_reported_car_by_car_over_the_seeds(tmp_path: Path):
+    sweep, cache = tmp_path / "cv_seeds", tmp_path / "cache"
+    fold_sweep(tmp_path, sweep, cars=4, views=2, folds=2, epochs=1, extra=["seed=0,1"])
+    groups = repeats(sweep)
+    assert [label for label, _ in groups] == ["seed=0", "seed=1"]
+    assert [sorted(job.overrides["data.fold"] for job in jobs) for _, jobs in groups] == [["0", "1"]] * 2
+
+    evaluate_options = [f"paths.cache_dir={cache}", "data.num_workers=0", "device=cpu"]
+    assert cross_validation_main([str(sweep), *evaluate_options]) == 0
+    # Each car's dice in each repeat is its mean over the photos that repeat's fold job scored.
+    by_seed: dict[str, dict[str, list[float]]] = {}
+    for job_dir in sorted(path for path in sweep.iterdir() if path.name.isdigit()):
+        seed = next(
+            line for line in (job_dir / ".hydra" / "overrides.yaml").read_text().split() if "seed=" in line
+        )
+        with (job_dir / "eval_cv" / "per_image.csv").open() as handle:
+            for row in csv.DictReader(handle):
+                by_seed.setdefault(seed, {}).setdefault(row["car_id"], []).append(float(row["dice"]))
+    with (sweep / "cross_validation.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert sorted(row["car_id"] for row in rows) == sorted(car_id(c) for c in range(4))
+    for row in rows:
+        per_seed = [float(np.mean(by_seed[seed][row["car_id"]])) for seed in ("seed=0", "seed=1")]
+        assert [row[f"dice {sweep} seed=0"], row[f"dice {sweep} seed=1"]] == [f"{d:.4f}" for d in per_seed]
+        assert (row["repeats"], row["dice_mean"]) == ("2", f"{np.mean(per_seed):.4f}")
+        assert (row["dice_min"], row["dice_max"]) == (f"{min(per_seed):.4f}", f"{max(per_seed):.4f}")
+    assert [float(row["dice_mean"]) for row in rows] == sorted(float(row["dice_mean"]) for row in rows)
+    markdown = (sweep / "cross_validation.md").read_text()
+    assert markdown.startswith("# Repeated cross-validation: 2 repeats")
+    assert f"worst car {rows[0]['car_id']} {rows[0]['dice_mean']} " in markdown
+    assert f"| {sweep} seed=1 | 8 | 4 of 4 |" in markdown
+
+    # Two sweep folders are two repeats; the report needs a place, and the same cars on both sides.
+    other = tmp_path / "other"
+    shutil.copytree(sweep, other, ignore=shutil.ignore_patterns("eval_cv", "cross_validation.*"))
+    for job_dir in (path for path in other.iterdir() if path.name.isdigit()):
+        split = json.loads((job_dir / "split.json").read_text())
+        (job_dir / "split.json").write_text(json.dumps({**split, "root": str(tmp_path / "elsewhere")}))
+    cli = [
+        sys.executable,
+        "-m",
+        "carvana_seg.tools.cross_validation",
+        str(sweep),
+        str(other),
+        *evaluate_options,
+    ]
+    refused = subprocess.run(cli, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "several sweep folders need --out FILE" in refused.stderr
+    out = tmp_path / "report" / "repeats.md"
+    refused = subprocess.run([*cli, "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert f"was trained on {tmp_path / 'elsewhere'}" in refused.stderr and "the same cars" in refused.stderr
+    assert not out.exists() and not (other / "0" / "eval_cv").exists()  # refused before any evaluation
+    typo = subprocess.run(
+        [*cli[:4], str(tmp_path / "nowhere")], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert typo.returncode == 2 and f"{tmp_path / 'nowhere'} is not a folder" in typo.stderr

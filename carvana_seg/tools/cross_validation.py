@@ -8,8 +8,15 @@ For every finished job of the sweep, `evaluate.evaluate` scores its checkpoint o
 (split=val) into `<job>/eval_cv/`; the per_image.csv rows of all folds are then joined into
 `cross_validation.md` (photos and cars counted, mean and median photo dice, each fold, the worst photos, each
 car worst first) and `cross_validation.csv` (every car once: its fold, job, photos and dice) in the sweep
-folder. A car validated by two jobs stops the report (not one cross-validation); cars no finished job
-validated (a failed fold) are listed. OVERRIDEs are evaluate's options (device=cpu, data.batch_size=4, ...).
+folder. A car validated by two jobs with the same overrides stops the report (not one cross-validation); cars
+no finished job validated (a failed fold) are listed. OVERRIDEs are evaluate's options (device=cpu, ...).
+
+Repeated cross-validation: a sweep whose jobs differ in more than the fold (`'seed=42,1,2'
+'data.fold=range(5)'`) holds one cross-validation per value of the other overrides, and several sweep
+folders are one cross-validation each; either way `carvana_seg.tools.repeated_cv` reports each car over
+the repeats (see there):
+
+    python -m carvana_seg.tools.cross_validation runs/cv_seed42 runs/cv_seed1 --out runs/cv_repeats.md
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from carvana_seg.data.layout import car_folds
 from carvana_seg.durable import atomic_write
 from carvana_seg.errors import DataError, InputError
 from carvana_seg.evaluate import evaluate
-from carvana_seg.tools.sweep_summary import find_jobs, read_json
+from carvana_seg.tools.sweep_summary import Job, find_jobs, override_columns, read_json
 
 MARKDOWN = "cross_validation.md"
 EVAL_DIR = "eval_cv"
@@ -70,6 +77,12 @@ class Report:
     threshold: float | None
     cars: list[str]
     results: list[FoldResult]
+    label: str = ""  # what sets this cross-validation apart from the others of its sweep ("seed=1")
+
+    @property
+    def name(self) -> str:
+        """The sweep folder, and the label when its sweep holds more than one cross-validation."""
+        return f"{self.sweep_dir} {self.label}".strip()
 
     @property
     def photos(self) -> list[dict[str, Any]]:
@@ -118,38 +131,98 @@ def evaluate_job(
     return rows, summary
 
 
-def cross_validate(
-    sweep_dir: str | Path, ckpt: str = "last", tta: bool = False, overrides: Sequence[str] = ()
-) -> Report:
-    """Evaluate every finished job of `sweep_dir` (a multirun over `data.fold`) and check the folds."""
-    sweep_dir = Path(sweep_dir)
+def _jobs(sweep_dir: Path) -> list[Job]:
     jobs = find_jobs(sweep_dir)
     if not jobs:
         raise DataError(f"{sweep_dir} has no job folders (0/, 1/, ...): not a sweep?")
+    return jobs
+
+
+def repeats(sweep_dir: str | Path) -> list[tuple[str, list[Job]]]:
+    """The cross-validations of a sweep as (label, jobs): one, unless a car is validated by two finished
+    jobs; then one per value of the overrides other than `data.fold`, labelled by those that differ."""
+    sweep_dir = Path(sweep_dir)
+    jobs = _jobs(sweep_dir)
+    validated: list[str] = []
+    for job in jobs:
+        split = read_json(sweep_dir / str(job.num) / "split.json")
+        if job.status == "ok" and split:
+            validated += split.get("val", [])
+    if len(validated) == len(set(validated)):
+        return [("", jobs)]
+    groups: dict[tuple[tuple[str, str], ...], list[Job]] = {}
+    for job in jobs:
+        key = tuple((k, v) for k, v in job.overrides.items() if k != "data.fold")
+        groups.setdefault(key, []).append(job)
+    if len(groups) == 1:
+        return [("", jobs)]  # the same overrides twice: read_folds names the car
+    representatives = [Job(0, dict(key), None) for key in groups]
+    differ = override_columns(representatives)
+    return [
+        (" ".join(f"{k}={dict(key).get(k, '')}" for k in differ), members) for key, members in groups.items()
+    ]
+
+
+@dataclass
+class Folds:
+    """The jobs of one cross-validation, read and checked before any is evaluated: their split.json files."""
+
+    sweep_dir: Path
+    label: str
+    jobs: list[Job]
+    splits: dict[int, dict[str, Any] | None]  # by job number; None where a job wrote none
+
+    @property
+    def name(self) -> str:
+        return f"{self.sweep_dir} {self.label}".strip()
+
+    @property
+    def first(self) -> dict[str, Any]:
+        return next(split for split in self.splits.values() if split)
+
+    @property
+    def data_root(self) -> str:
+        return self.first["root"]
+
+    @property
+    def cars(self) -> list[str]:
+        return sorted(
+            {car for split in self.splits.values() if split for car in split["train"] + split["val"]}
+        )
+
+
+def read_folds(sweep_dir: str | Path, jobs: Sequence[Job] | None = None, label: str = "") -> Folds:
+    """Every job of `sweep_dir` (a multirun over `data.fold`), or the given `jobs` of it (one of its
+    `repeats`), checked to be one cross-validation: the same data, folds and deal, no car validated twice."""
+    sweep_dir = Path(sweep_dir)
+    jobs = list(jobs) if jobs is not None else _jobs(sweep_dir)
     splits = {job.num: read_json(sweep_dir / str(job.num) / "split.json") for job in jobs}
     known = [split for split in splits.values() if split]
     if not known:
-        raise DataError(f"no job of {sweep_dir} wrote split.json: none got past loading the data")
-    first = known[0]
+        raise DataError(f"no job of {sweep_dir} {label} wrote split.json: none got past loading the data")
     for split in known:
         if split.get("folds") is None:
             raise DataError(f"{sweep_dir}: a job was trained without data.folds, not one fold of a sweep")
         if [split[k] for k in ("root", "folds", "split_seed")] != [
-            first[k] for k in ("root", "folds", "split_seed")
+            known[0][k] for k in ("root", "folds", "split_seed")
         ]:
             raise DataError(f"{sweep_dir}: the jobs differ in data.root, data.folds or data.split_seed")
-    cars = sorted({car for split in known for car in split["train"] + split["val"]})
-    dealt = car_folds(cars, first["folds"], first["split_seed"])
     _check_disjoint(
         [(job.num, splits[job.num]["val"]) for job in jobs if job.status == "ok" and splits[job.num]],
         sweep_dir,
     )
+    return Folds(sweep_dir, label, jobs, splits)
 
+
+def score(folds: Folds, ckpt: str = "last", tta: bool = False, overrides: Sequence[str] = ()) -> Report:
+    """Evaluate every finished job of `folds` on its own validation cars."""
+    first, cars = folds.first, folds.cars
+    dealt = car_folds(cars, first["folds"], first["split_seed"])
     results: list[FoldResult] = []
     threshold = None
-    for job in jobs:
-        job_dir = sweep_dir / str(job.num)
-        split = splits[job.num]
+    for job in folds.jobs:
+        job_dir = folds.sweep_dir / str(job.num)
+        split = folds.splits[job.num]
         fold = split["fold"] if split else job.overrides.get("data.fold")
         fold = int(fold) if fold is not None and str(fold).isdigit() else None
         val_cars = split["val"] if split else (dealt[fold] if fold is not None and fold < len(dealt) else [])
@@ -166,10 +239,27 @@ def cross_validate(
                 result.error = f"evaluate: {str(err).splitlines()[0]}"
         results.append(result)
 
-    _check_disjoint([(r.job, [row["car_id"] for row in r.photos]) for r in results], sweep_dir)  # as scored
+    as_scored = [(r.job, [row["car_id"] for row in r.photos]) for r in results]
+    _check_disjoint(as_scored, folds.sweep_dir)
     return Report(
-        sweep_dir, first["root"], first["folds"], first["split_seed"], ckpt, tta, threshold, cars, results
+        folds.sweep_dir,
+        first["root"],
+        first["folds"],
+        first["split_seed"],
+        ckpt,
+        tta,
+        threshold,
+        cars,
+        results,
+        folds.label,
     )
+
+
+def cross_validate(
+    sweep_dir: str | Path, ckpt: str = "last", tta: bool = False, overrides: Sequence[str] = ()
+) -> Report:
+    """Check and evaluate every finished job of `sweep_dir`, one cross-validation."""
+    return score(read_folds(sweep_dir), ckpt, tta, overrides)
 
 
 def _dice(values: Sequence[float]) -> str:
@@ -209,8 +299,8 @@ def car_rows(report: Report) -> list[dict[str, Any]]:
     return [row for _, row in sorted(rows, key=lambda item: (item[0], item[1]["car_id"]))]
 
 
-def to_csv(report: Report) -> str:
-    rows = car_rows(report)
+def csv_text(rows: Sequence[dict[str, Any]]) -> str:
+    """Rows of one shape as CSV text, the first row's keys as header."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()
@@ -218,7 +308,11 @@ def to_csv(report: Report) -> str:
     return buffer.getvalue()
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+def to_csv(report: Report) -> str:
+    return csv_text(car_rows(report))
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
     def line(cells: Sequence[Any]) -> str:
         return "| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |"
 
@@ -233,14 +327,14 @@ def to_markdown(report: Report) -> str:
     evaluated = sum(bool(result.photos) for result in report.results)
     worst_photos = sorted(photos, key=lambda row: row["dice"])[:WORST_PHOTOS]
     lines = [
-        f"# Cross-validation of {report.sweep_dir}",
+        f"# Cross-validation of {report.name}",
         "",
         f"{report.folds} folds by car of {report.data_root} (data.split_seed {report.split_seed}); "
         f"checkpoints/{report.ckpt}.ckpt of each job, scored at full size by carvana_seg.evaluate "
         f"(threshold {report.threshold if report.threshold is not None else '-'}"
         f"{', flip TTA' if report.tta else ''}); each job's photos in its {EVAL_DIR}/per_image.csv.",
         "",
-        *_table(
+        *markdown_table(
             ["photos", "cars", "folds evaluated", "mean dice", "median dice", "worst car", "worst photo"],
             [
                 [
@@ -257,7 +351,7 @@ def to_markdown(report: Report) -> str:
         "",
         "## Folds",
         "",
-        *_table(
+        *markdown_table(
             ["fold", "job", "status", "cars", "photos", "mean dice", "median dice"],
             [
                 [
@@ -287,14 +381,14 @@ def to_markdown(report: Report) -> str:
         "",
         f"## The {len(worst_photos)} worst photos",
         "",
-        *_table(
+        *markdown_table(
             ["photo", "car", "fold", "dice"],
             [[row["img"], row["car_id"], row["fold"], f"{row['dice']:.4f}"] for row in worst_photos],
         ),
         "",
         "## Cars, worst first",
         "",
-        *_table(
+        *markdown_table(
             ["car", "fold", "job", "status", "photos", "mean dice", "worst dice", "worst photo"],
             [list(row.values()) for row in cars],
         ),
@@ -302,23 +396,53 @@ def to_markdown(report: Report) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(report: Report, markdown_path: Path | None = None) -> str:
-    """cross_validation.md (or `markdown_path`) and the .csv beside it; returns the markdown."""
-    markdown_path = markdown_path or report.sweep_dir / MARKDOWN
-    markdown = to_markdown(report)
+def write_pair(markdown_path: Path, markdown: str, rows: Sequence[dict[str, Any]]) -> str:
+    """The markdown at `markdown_path` and the rows as CSV beside it, each whole or not at all."""
     markdown_path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(markdown_path, markdown.encode())
-    atomic_write(markdown_path.with_suffix(".csv"), to_csv(report).encode())
+    atomic_write(markdown_path.with_suffix(".csv"), csv_text(rows).encode())
     return markdown
+
+
+def write_report(report: Report, markdown_path: Path | None = None) -> str:
+    """cross_validation.md (or `markdown_path`) and the .csv beside it; returns the markdown."""
+    return write_pair(markdown_path or report.sweep_dir / MARKDOWN, to_markdown(report), car_rows(report))
+
+
+def _targets(items: Sequence[str]) -> tuple[list[Path], list[str]]:
+    """Sweep folders (the items that are folders) and evaluate's overrides (the others, KEY=VALUE)."""
+    folders: list[Path] = []
+    overrides: list[str] = []
+    for item in items:
+        if Path(item).is_dir():
+            if Path(item).resolve() in {folder.resolve() for folder in folders}:
+                raise InputError(f"{item} is given twice: each sweep folder is one repeat")
+            folders.append(Path(item))
+        elif "=" in item:
+            overrides.append(item)
+        else:
+            raise InputError(f"{item} is not a folder (a sweep) nor an evaluate option (KEY=VALUE)")
+    if not folders:
+        raise InputError(
+            "no sweep folder given (e.g. runs/cv, the hydra.sweep.dir of a multirun over data.fold)"
+        )
+    return folders, overrides
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m carvana_seg.tools.cross_validation",
         description="Score every fold of a cross-validation sweep at full size (evaluate's way) and "
-        "write cross_validation.md and cross_validation.csv into the sweep folder.",
+        "write cross_validation.md and cross_validation.csv into the sweep folder. Several cross-validations "
+        "(several sweep folders, or one sweep over the folds and seeds) are also reported car by car over "
+        "the repeats.",
     )
-    parser.add_argument("sweep_dir", type=Path, help="the folder of a multirun over data.fold, e.g. runs/cv")
+    parser.add_argument(
+        "targets",
+        nargs="+",
+        metavar="SWEEP_DIR|OVERRIDE",
+        help="the folder(s) of a multirun over data.fold, e.g. runs/cv; evaluate options, e.g. device=cpu",
+    )
     parser.add_argument(
         "--ckpt", choices=("last", "best"), default="last", help="which checkpoint of each job"
     )
@@ -326,21 +450,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--out",
         type=Path,
-        help="the markdown file (default SWEEP_DIR/cross_validation.md); the CSV goes beside it",
+        help="the markdown file (default SWEEP_DIR/cross_validation.md; needed for several sweep folders); "
+        "the CSV goes beside it",
     )
-    parser.add_argument("overrides", nargs="*", help="evaluate options, e.g. device=cpu data.batch_size=4")
     args = parser.parse_intermixed_args(argv)  # options before, between or after the overrides
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
-    if not args.sweep_dir.is_dir():
-        print(f"error: {args.sweep_dir} is not a folder", file=sys.stderr)
-        return 2
+    from carvana_seg.tools.repeated_cv import check_repeats, write_repeats  # it builds on this module
+
     try:
-        report = cross_validate(args.sweep_dir, args.ckpt, args.tta, args.overrides)
+        folders, overrides = _targets(args.targets)
+        if len(folders) > 1 and args.out is None:
+            raise InputError("several sweep folders need --out FILE: where the report over them goes")
+        every = [read_folds(folder, jobs, label) for folder in folders for label, jobs in repeats(folder)]
+        check_repeats(every)  # before hours of evaluation
+        reports = [score(folds, args.ckpt, args.tta, overrides) for folds in every]
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    markdown = write_report(report, args.out)
-    out = args.out or args.sweep_dir / MARKDOWN
+    out = args.out or folders[0] / MARKDOWN
+    markdown = write_report(reports[0], out) if len(reports) == 1 else write_repeats(reports, out)
     print(f"\nCross-validation ({out}, {out.with_suffix('.csv')}):\n\n{markdown}", end="", flush=True)
     return 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from carvana_seg.data.datamodule import CarvanaDataModule
 from carvana_seg.data.layout import car_folds, split_by_car
 from carvana_seg.data.sample import Sample
 from carvana_seg.errors import DataError, input_error_in
-from carvana_seg.tools.cross_validation import cross_validate, repeats, write_report
+from carvana_seg.tools.cross_validation import cross_validate, read_folds, repeats, write_report
 from carvana_seg.tools.cross_validation import main as cross_validation_main
 from carvana_seg.train import train
 from tests.conftest import ROOT, TINY_UNET, car_id, write_carvana
@@ -208,7 +209,7 @@ def test_a_multirun_over_three_folds_and_its_full_size_report(tmp_path: Path):
         cross_validate(sweep, overrides=evaluate_options)
 
 
-def test_a_sweep_over_folds_and_seeds_is_reported_car_by_car_over_the_seeds(tmp_path: Path):
+def test_a_sweep_over_folds_and_seeds_is_reported_car_by_car_over_the_seeds(tmp_path: Path, capsys):
     sweep, cache = tmp_path / "cv_seeds", tmp_path / "cache"
     fold_sweep(tmp_path, sweep, cars=4, views=2, folds=2, epochs=1, extra=["seed=0,1"])
     groups = repeats(sweep)
@@ -221,24 +222,33 @@ def test_a_sweep_over_folds_and_seeds_is_reported_car_by_car_over_the_seeds(tmp_
     by_seed: dict[str, dict[str, list[float]]] = {}
     for job_dir in sorted(path for path in sweep.iterdir() if path.name.isdigit()):
         seed = next(
-            line for line in (job_dir / ".hydra" / "overrides.yaml").read_text().split() if "seed=" in line
+            line
+            for line in (job_dir / ".hydra" / "overrides.yaml").read_text().split()
+            if line.startswith("seed=")
         )
         with (job_dir / "eval_cv" / "per_image.csv").open() as handle:
             for row in csv.DictReader(handle):
                 by_seed.setdefault(seed, {}).setdefault(row["car_id"], []).append(float(row["dice"]))
-    with (sweep / "cross_validation.csv").open() as handle:
+    with (sweep / "cross_validation_repeats.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert sorted(row["car_id"] for row in rows) == sorted(car_id(c) for c in range(4))
     for row in rows:
         per_seed = [float(np.mean(by_seed[seed][row["car_id"]])) for seed in ("seed=0", "seed=1")]
-        assert [row[f"dice {sweep} seed=0"], row[f"dice {sweep} seed=1"]] == [f"{d:.4f}" for d in per_seed]
+        assert [row["dice seed=0"], row["dice seed=1"]] == [f"{d:.4f}" for d in per_seed]
         assert (row["repeats"], row["dice_mean"]) == ("2", f"{np.mean(per_seed):.4f}")
-        assert (row["dice_min"], row["dice_max"]) == (f"{min(per_seed):.4f}", f"{max(per_seed):.4f}")
+        assert (row["dice_lowest_repeat"], row["dice_highest_repeat"]) == (
+            f"{min(per_seed):.4f}",
+            f"{max(per_seed):.4f}",
+        )
     assert [float(row["dice_mean"]) for row in rows] == sorted(float(row["dice_mean"]) for row in rows)
-    markdown = (sweep / "cross_validation.md").read_text()
+    markdown = (sweep / "cross_validation_repeats.md").read_text()
     assert markdown.startswith("# Repeated cross-validation: 2 repeats")
     assert f"worst car {rows[0]['car_id']} {rows[0]['dice_mean']} " in markdown
     assert f"| {sweep} seed=1 | 8 | 4 of 4 |" in markdown
+    for seed in ("seed=0", "seed=1"):  # and each seed's own cross-validation report beside the jobs
+        own = (sweep / f"cross_validation_{seed}.md").read_text()
+        assert own.startswith(f"# Cross-validation of {sweep} {seed}") and "Every car validated once" in own
+    assert not (sweep / "cross_validation.md").exists()
 
     # Two sweep folders are two repeats; the report needs a place, and the same cars on both sides.
     other = tmp_path / "other"
@@ -246,22 +256,56 @@ def test_a_sweep_over_folds_and_seeds_is_reported_car_by_car_over_the_seeds(tmp_
     for job_dir in (path for path in other.iterdir() if path.name.isdigit()):
         split = json.loads((job_dir / "split.json").read_text())
         (job_dir / "split.json").write_text(json.dumps({**split, "root": str(tmp_path / "elsewhere")}))
-    cli = [
-        sys.executable,
-        "-m",
-        "carvana_seg.tools.cross_validation",
-        str(sweep),
-        str(other),
-        *evaluate_options,
-    ]
-    refused = subprocess.run(cli, cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert refused.returncode == 2 and "several sweep folders need --out FILE" in refused.stderr
+    assert cross_validation_main([str(sweep), str(other), *evaluate_options]) == 2
+    assert "several sweep folders need --out FILE" in capsys.readouterr().err
+    assert cross_validation_main([str(sweep), str(tmp_path / "runs/lr=0.1")]) == 2
+    assert f"{tmp_path / 'runs/lr=0.1'} is not a folder" in capsys.readouterr().err
+    assert cross_validation_main([str(sweep), "device=cpu", "no_such_option=1"]) == 2
+    assert "evaluate options device=cpu no_such_option=1" in capsys.readouterr().err
     out = tmp_path / "report" / "repeats.md"
-    refused = subprocess.run([*cli, "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    cli = ["carvana_seg.tools.cross_validation", str(sweep), str(other), "--out", str(out), *evaluate_options]
+    refused = subprocess.run(
+        [sys.executable, "-m", *cli], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert refused.returncode == 2, refused.stderr[-2000:]
     assert f"was trained on {tmp_path / 'elsewhere'}" in refused.stderr and "the same cars" in refused.stderr
     assert not out.exists() and not (other / "0" / "eval_cv").exists()  # refused before any evaluation
-    typo = subprocess.run(
-        [*cli[:4], str(tmp_path / "nowhere")], cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
-    assert typo.returncode == 2 and f"{tmp_path / 'nowhere'} is not a folder" in typo.stderr
+
+
+def fake_job(sweep: Path, num: int, overrides: list[str], val: list[str], cars: list[str]) -> None:
+    """A finished job folder as a multirun leaves it: its overrides, metrics and split (no checkpoint)."""
+    job = sweep / str(num)
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text("".join(f"- {item}\n" for item in overrides))
+    (job / "metrics.json").write_text("{}")
+    split = {
+        "root": "/data",
+        "folds": 2,
+        "split_seed": 0,
+        "fold": int(overrides[0].split("=")[1]),
+        "val": val,
+        "train": sorted(set(cars) - set(val)),
+    }
+    (job / "split.json").write_text(json.dumps(split))
+
+
+def test_repeats_are_told_apart_by_the_overrides_other_than_the_fold(tmp_path: Path, caplog):
+    cars = ["a", "b", "c", "d"]
+    sweep = tmp_path / "sweep"
+    fake_job(sweep, 0, ["data.fold=0", "seed=1", "loss=dice"], ["a", "b"], cars)
+    fake_job(sweep, 1, ["data.fold=1", "loss=dice", "seed=1"], ["c", "d"], cars)  # another order
+    one = repeats(sweep)  # no car validated twice: one cross-validation, whatever the overrides
+    assert [(label, [job.num for job in jobs]) for label, jobs in one] == [("", [0, 1])]
+    fake_job(sweep, 2, ["data.fold=0"], ["a", "b"], cars)
+    fake_job(sweep, 3, ["data.fold=1"], ["c", "d"], cars)
+    groups = repeats(sweep)
+    assert [(label, [job.num for job in jobs]) for label, jobs in groups] == [
+        ("loss=dice seed=1", [0, 1]),
+        ("loss=(unset) seed=(unset)", [2, 3]),
+    ]
+    assert "differ in loss, not only in data.split_seed or seed" in caplog.text  # a comparison, said so
+    fake_job(sweep, 4, ["data.fold=0"], ["a", "b"], cars)  # the same overrides twice: not repeats
+    with pytest.raises(
+        DataError, match=re.escape(f"car a is validated by jobs 2 and 4 of {sweep} loss=(unset)")
+    ):
+        [read_folds(sweep, jobs, label) for label, jobs in repeats(sweep)]

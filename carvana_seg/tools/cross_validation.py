@@ -13,8 +13,9 @@ no finished job validated (a failed fold) are listed. OVERRIDEs are evaluate's o
 
 Repeated cross-validation: a sweep whose jobs differ in more than the fold (`'seed=42,1,2'
 'data.fold=range(5)'`) holds one cross-validation per value of the other overrides, and several sweep
-folders are one cross-validation each; either way `carvana_seg.tools.repeated_cv` reports each car over
-the repeats (see there):
+folders are one cross-validation each; either way each gets its own report (cross_validation.md, or
+cross_validation_seed=1.md beside the others of its sweep) and `carvana_seg.tools.repeated_cv` reports
+each car over the repeats (SWEEP_DIR/cross_validation_repeats.md, or --out; see there):
 
     python -m carvana_seg.tools.cross_validation runs/cv_seed42 runs/cv_seed1 --out runs/cv_repeats.md
 """
@@ -25,6 +26,7 @@ import argparse
 import csv
 import io
 import logging
+import re
 import shutil
 import sys
 from collections.abc import Sequence
@@ -33,18 +35,23 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
 
 from carvana_seg.config import compose
 from carvana_seg.data.layout import car_folds
 from carvana_seg.durable import atomic_write
 from carvana_seg.errors import DataError, InputError
 from carvana_seg.evaluate import evaluate
-from carvana_seg.tools.sweep_summary import Job, find_jobs, override_columns, read_json
+from carvana_seg.tools.sweep_summary import Job, find_jobs, read_json
 
 MARKDOWN = "cross_validation.md"
+REPEATS_MARKDOWN = "cross_validation_repeats.md"  # a sweep holding several cross-validations (seeds)
 EVAL_DIR = "eval_cv"
 WORST_PICTURES = 2  # evaluate's worst-error pictures per fold
 WORST_PHOTOS = 10  # photos in the report's table of the worst
+REPEAT_KEYS = {"seed", "data.split_seed"}  # what repeats of one recipe may differ in
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -101,14 +108,14 @@ class Report:
         return [car for car in self.cars if car not in validated]
 
 
-def _check_disjoint(validated: Sequence[tuple[int, Sequence[str]]], sweep_dir: Path) -> None:
+def _check_disjoint(validated: Sequence[tuple[int, Sequence[str]]], where: str | Path) -> None:
     """Raise a DataError when a car is in two jobs' validation cars: (job, cars) pairs."""
     validated_by: dict[str, int] = {}
     for job, cars in validated:
         for car in sorted(set(cars)):
             if car in validated_by:
                 raise DataError(
-                    f"car {car} is validated by jobs {validated_by[car]} and {job} of {sweep_dir}: "
+                    f"car {car} is validated by jobs {validated_by[car]} and {job} of {where}: "
                     "not one cross-validation (one job per fold, the same data.folds and data.split_seed)"
                 )
             validated_by[car] = job
@@ -152,15 +159,22 @@ def repeats(sweep_dir: str | Path) -> list[tuple[str, list[Job]]]:
         return [("", jobs)]
     groups: dict[tuple[tuple[str, str], ...], list[Job]] = {}
     for job in jobs:
-        key = tuple((k, v) for k, v in job.overrides.items() if k != "data.fold")
+        key = tuple(sorted((k, v) for k, v in job.overrides.items() if k != "data.fold"))
         groups.setdefault(key, []).append(job)
     if len(groups) == 1:
         return [("", jobs)]  # the same overrides twice: read_folds names the car
-    representatives = [Job(0, dict(key), None) for key in groups]
-    differ = override_columns(representatives)
-    return [
-        (" ".join(f"{k}={dict(key).get(k, '')}" for k in differ), members) for key, members in groups.items()
-    ]
+    values = [dict(key) for key in groups]
+    differ = sorted(k for k in {k for v in values for k in v} if len({v.get(k) for v in values}) > 1)
+    if set(differ) - REPEAT_KEYS:
+        log.warning(
+            "%s: its cross-validations differ in %s, not only in %s: a comparison of recipes, whose mean "
+            "over the repeats mixes them",
+            sweep_dir,
+            ", ".join(sorted(set(differ) - REPEAT_KEYS)),
+            " or ".join(sorted(REPEAT_KEYS)),
+        )
+    labels = [" ".join(f"{k}={v.get(k, '(unset)')}" for k in differ) for v in values]
+    return list(zip(labels, groups.values(), strict=True))
 
 
 @dataclass
@@ -197,21 +211,33 @@ def read_folds(sweep_dir: str | Path, jobs: Sequence[Job] | None = None, label: 
     sweep_dir = Path(sweep_dir)
     jobs = list(jobs) if jobs is not None else _jobs(sweep_dir)
     splits = {job.num: read_json(sweep_dir / str(job.num) / "split.json") for job in jobs}
+    folds = Folds(sweep_dir, label, jobs, splits)
     known = [split for split in splits.values() if split]
     if not known:
-        raise DataError(f"no job of {sweep_dir} {label} wrote split.json: none got past loading the data")
+        raise DataError(f"no job of {folds.name} wrote split.json: none got past loading the data")
     for split in known:
         if split.get("folds") is None:
-            raise DataError(f"{sweep_dir}: a job was trained without data.folds, not one fold of a sweep")
+            raise DataError(f"{folds.name}: a job was trained without data.folds, not one fold of a sweep")
         if [split[k] for k in ("root", "folds", "split_seed")] != [
             known[0][k] for k in ("root", "folds", "split_seed")
         ]:
-            raise DataError(f"{sweep_dir}: the jobs differ in data.root, data.folds or data.split_seed")
+            raise DataError(f"{folds.name}: the jobs differ in data.root, data.folds or data.split_seed")
     _check_disjoint(
         [(job.num, splits[job.num]["val"]) for job in jobs if job.status == "ok" and splits[job.num]],
-        sweep_dir,
+        folds.name,
     )
-    return Folds(sweep_dir, label, jobs, splits)
+    return folds
+
+
+def check_repeats(every: Sequence[Folds]) -> None:
+    """Raise a DataError unless the cross-validations are of the same data (the same root and cars)."""
+    first = every[0]
+    for other in every[1:]:
+        if (other.data_root, other.cars) != (first.data_root, first.cars):
+            raise DataError(
+                f"{other.name} was trained on {other.data_root} ({len(other.cars)} cars), {first.name} "
+                f"on {first.data_root} ({len(first.cars)} cars): repeats must cross-validate the same cars"
+            )
 
 
 def score(folds: Folds, ckpt: str = "last", tta: bool = False, overrides: Sequence[str] = ()) -> Report:
@@ -240,7 +266,7 @@ def score(folds: Folds, ckpt: str = "last", tta: bool = False, overrides: Sequen
         results.append(result)
 
     as_scored = [(r.job, [row["car_id"] for row in r.photos]) for r in results]
-    _check_disjoint(as_scored, folds.sweep_dir)
+    _check_disjoint(as_scored, folds.name)
     return Report(
         folds.sweep_dir,
         first["root"],
@@ -287,7 +313,7 @@ def car_rows(report: Report) -> list[dict[str, Any]]:
                 {
                     "car_id": car,
                     "fold": fold_of[car],
-                    "job": "" if result is None else result.job,
+                    "job": photos[0]["job"] if photos else ("" if result is None else result.job),
                     "status": "ok" if photos else "not validated: " + (result.status if result else "no job"),
                     "photos": len(photos),
                     "dice_mean": _dice([row["dice"] for row in photos]),
@@ -418,7 +444,7 @@ def _targets(items: Sequence[str]) -> tuple[list[Path], list[str]]:
             if Path(item).resolve() in {folder.resolve() for folder in folders}:
                 raise InputError(f"{item} is given twice: each sweep folder is one repeat")
             folders.append(Path(item))
-        elif "=" in item:
+        elif "=" in item and "/" not in item.partition("=")[0]:  # runs/lr=0.1 is a folder, mistyped
             overrides.append(item)
         else:
             raise InputError(f"{item} is not a folder (a sweep) nor an evaluate option (KEY=VALUE)")
@@ -427,6 +453,22 @@ def _targets(items: Sequence[str]) -> tuple[list[Path], list[str]]:
             "no sweep folder given (e.g. runs/cv, the hydra.sweep.dir of a multirun over data.fold)"
         )
     return folders, overrides
+
+
+def report_path(report: Report) -> Path:
+    """Where one cross-validation's own report goes: cross_validation.md in its sweep folder, or
+    cross_validation_<label>.md for one of several in a sweep (cross_validation_seed=1.md)."""
+    if not report.label:
+        return report.sweep_dir / MARKDOWN
+    return report.sweep_dir / f"cross_validation_{re.sub(r'[^A-Za-z0-9=._-]+', '_', report.label)}.md"
+
+
+def _check_options(overrides: Sequence[str]) -> None:
+    """evaluate's options composed once, so that a bad one stops the report before any evaluation."""
+    try:
+        compose("evaluate", ["split=val", *overrides])
+    except (HydraException, OmegaConfBaseException) as err:
+        raise InputError(f"evaluate options {' '.join(overrides)}: {str(err).splitlines()[0]}") from err
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -450,25 +492,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--out",
         type=Path,
-        help="the markdown file (default SWEEP_DIR/cross_validation.md; needed for several sweep folders); "
-        "the CSV goes beside it",
+        help="the markdown file (default SWEEP_DIR/cross_validation.md, or cross_validation_repeats.md for a "
+        "sweep over folds and seeds; needed for several sweep folders); the CSV goes beside it",
     )
     args = parser.parse_intermixed_args(argv)  # options before, between or after the overrides
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
-    from carvana_seg.tools.repeated_cv import check_repeats, write_repeats  # it builds on this module
+    from carvana_seg.tools.repeated_cv import write_repeats  # it builds on this module
 
     try:
         folders, overrides = _targets(args.targets)
         if len(folders) > 1 and args.out is None:
             raise InputError("several sweep folders need --out FILE: where the report over them goes")
-        every = [read_folds(folder, jobs, label) for folder in folders for label, jobs in repeats(folder)]
+        _check_options(overrides)
+        every: list[Folds] = []
+        for folder in folders:
+            every += [read_folds(folder, jobs, label) for label, jobs in repeats(folder)]
         check_repeats(every)  # before hours of evaluation
         reports = [score(folds, args.ckpt, args.tta, overrides) for folds in every]
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    out = args.out or folders[0] / MARKDOWN
-    markdown = write_report(reports[0], out) if len(reports) == 1 else write_repeats(reports, out)
+    if len(reports) == 1:
+        out = args.out or folders[0] / MARKDOWN
+        markdown = write_report(reports[0], out)
+    else:
+        for report in reports:  # each repeat's own report beside its jobs
+            write_report(report, report_path(report))
+        out = args.out or folders[0] / REPEATS_MARKDOWN
+        markdown = write_repeats(reports, out)
     print(f"\nCross-validation ({out}, {out.with_suffix('.csv')}):\n\n{markdown}", end="", flush=True)
     return 0
 

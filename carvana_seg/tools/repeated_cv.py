@@ -22,19 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from carvana_seg.errors import DataError
-from carvana_seg.tools.cross_validation import WORST_PHOTOS, Folds, Report, markdown_table, write_pair
-
-
-def check_repeats(repeats: Sequence[Folds]) -> None:
-    """Raise a DataError unless the cross-validations are of the same data (the same root and cars)."""
-    first = repeats[0]
-    for other in repeats[1:]:
-        if (other.data_root, other.cars) != (first.data_root, first.cars):
-            raise DataError(
-                f"{other.name} was trained on {other.data_root} ({len(other.cars)} cars), {first.name} "
-                f"on {first.data_root} ({len(first.cars)} cars): repeats must cross-validate the same cars"
-            )
+from carvana_seg.tools.cross_validation import WORST_PHOTOS, Report, markdown_table, write_pair
 
 
 def car_means(report: Report) -> dict[str, float]:
@@ -46,6 +34,8 @@ def car_table(reports: Sequence[Report]) -> list[dict[str, Any]]:
     """Every car once, worst mean over the repeats first (cars no repeat validated last): its dice per
     repeat (blank where that repeat did not validate it), the mean, lowest and highest of those."""
     per_repeat = [car_means(report) for report in reports]
+    one_sweep = len({report.sweep_dir for report in reports}) == 1  # then the labels tell them apart
+    columns = [f"dice {report.label if one_sweep else report.name}" for report in reports]
     rows: list[tuple[float, dict[str, Any]]] = []
     for car in reports[0].cars:
         scores = [means[car] for means in per_repeat if car in means]
@@ -54,11 +44,11 @@ def car_table(reports: Sequence[Report]) -> list[dict[str, Any]]:
             "car_id": car,
             "repeats": len(scores),
             "dice_mean": f"{mean:.4f}" if scores else "",
-            "dice_min": f"{min(scores):.4f}" if scores else "",
-            "dice_max": f"{max(scores):.4f}" if scores else "",
+            "dice_lowest_repeat": f"{min(scores):.4f}" if scores else "",
+            "dice_highest_repeat": f"{max(scores):.4f}" if scores else "",
         }
-        for report, means in zip(reports, per_repeat, strict=True):
-            row[f"dice {report.name}"] = f"{means[car]:.4f}" if car in means else ""
+        for column, means in zip(columns, per_repeat, strict=True):
+            row[column] = f"{means[car]:.4f}" if car in means else ""
         rows.append((mean, row))
     return [row for _, row in sorted(rows, key=lambda item: (item[0], item[1]["car_id"]))]
 
@@ -83,9 +73,10 @@ def _over_repeats(reports: Sequence[Report], scored: Sequence[dict[str, Any]]) -
         return "Nothing scored."
     worst = scored[0]
     return (
-        f"Over the {len(reports)} repeats: mean photo dice {np.mean(means):.4f} ({min(means):.4f} to "
-        f"{max(means):.4f}); worst car {worst['car_id']} {worst['dice_mean']} ({worst['dice_min']} to "
-        f"{worst['dice_max']} over its {worst['repeats']} repeats)."
+        f"Over the {len(means)} repeats that scored photos: mean photo dice {np.mean(means):.4f} "
+        f"({min(means):.4f} to {max(means):.4f}); worst car {worst['car_id']} {worst['dice_mean']} "
+        f"({worst['dice_lowest_repeat']} to {worst['dice_highest_repeat']} "
+        f"over its {worst['repeats']} repeats)."
     )
 
 
@@ -100,8 +91,8 @@ def to_markdown(reports: Sequence[Report]) -> str:
         "",
         f"{first.data_root}, {len(first.cars)} cars; checkpoints/{first.ckpt}.ckpt of each job, scored at "
         f"full size by carvana_seg.evaluate{', flip TTA' if first.tta else ''}. Each repeat is one "
-        "cross-validation (its own report: cross_validation.py); a car's dice over the repeats is the mean "
-        "of its mean photo dice in each repeat that validated it.",
+        "cross-validation, with its own report (cross_validation*.md beside its jobs); a car's dice over "
+        "the repeats is the mean of its mean photo dice in each repeat that validated it.",
         "",
         *markdown_table(
             ["repeat", "photos", "cars", "mean dice", "median dice", "worst car"],

@@ -95,7 +95,10 @@ class Output:
         """Refuse a folder of another run (or of other files); reads only, writes nothing."""
         if self.folder.exists() and not self.folder.is_dir():
             raise InputError(f"output {self.folder} is a file, not a folder")
+        names = [p.name for p in self.folder.iterdir()] if self.folder.is_dir() else []
         path = self.folder / MANIFEST
+        # Listed first: another predict writes its manifest before anything else, so a listing that
+        # saw its other files is always followed by a manifest that exists here.
         if path.exists():
             try:
                 previous = json.loads(path.read_text())
@@ -109,9 +112,7 @@ class Output:
                     "remove the folder"
                 )
             self._compare(previous)
-        elif self.folder.is_dir() and not all(
-            self._ours_before_manifest(p.name) for p in self.folder.iterdir()
-        ):
+        elif not all(self._ours_before_manifest(name) for name in names):
             raise InputError(f"output {self.folder} is not empty and was not written by carvana_seg.predict")
 
     @staticmethod

@@ -97,11 +97,24 @@ def test_a_listing_checked_once_is_not_read_again(tmp_path, monkeypatch):
     assert calls == [6]
 
 
-@pytest.mark.parametrize("damaged", ["names.json", "images.npy"])
-def test_a_damaged_cache_is_named_with_what_to_do(tmp_path, damaged):
+def _fewer_rows(path: Path) -> None:
+    np.save(path, np.load(path)[:-1])
+
+
+@pytest.mark.parametrize(
+    ("damaged", "change"),
+    [
+        ("names.json", lambda path: path.write_bytes(b"\x00 not what was written")),
+        ("names.json", lambda path: path.write_text('{"a": 1}')),  # JSON, not a list of names
+        ("images.npy", lambda path: path.write_bytes(b"\x00 not what was written")),
+        ("masks.npy", _fewer_rows),  # a whole .npy of another shape
+    ],
+    ids=["names-not-json", "names-not-a-list", "images-not-npy", "masks-a-row-short"],
+)
+def test_a_damaged_cache_is_named_with_what_to_do(tmp_path, damaged, change):
     root = write_carvana(tmp_path / "data", cars=3, views=2, size=(48, 72))
     folder = datamodule(root, tmp_path / "cache", cache=True).train_set.cache.folder
-    (folder / damaged).write_bytes(b"\x00 not what was written")
+    change(folder / damaged)
     with pytest.raises(DataError, match=rf"decoded cache {folder} is damaged .*remove that folder"):
         module = datamodule(root, tmp_path / "cache", cache=True)
         module.train_set.load(0)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from torchvision.models import resnet18
+from torchvision.models import resnet18, resnet50
 
 from carvana_seg.core.losses import BCEDiceLoss
 from carvana_seg.core.module import SegmentationModule
@@ -140,6 +140,27 @@ def test_an_encoder_weights_file_that_is_not_a_state_dict_is_refused_naming_it(t
     torch.save([torch.zeros(1)], weights)
     with pytest.raises(InputError, match=r"model.encoder_weights: .*resnet18.pth holds a list, not a state"):
         ResNetUNet("resnet18", decoder_channels=[32, 16, 8, 8, 8], encoder_weights=str(weights))
+
+
+def test_encoder_weights_saved_before_batchnorm_counted_its_batches_load(tmp_path):
+    weights = tmp_path / "resnet18-old.pth"
+    state = {k: v for k, v in resnet18().state_dict().items() if not k.endswith("num_batches_tracked")}
+    torch.save(state, weights)  # as torchvision's older ImageNet files are
+    net = ResNetUNet("resnet18", decoder_channels=[32, 16, 8, 8, 8], encoder_weights=str(weights))
+    assert any(torch.equal(p, state["conv1.weight"]) for p in net.parameters())
+
+
+def test_another_depths_encoder_weights_are_refused_naming_the_shapes_that_differ(tmp_path):
+    weights = tmp_path / "resnet34.pth"
+    torch.save(resnet18(num_classes=10).state_dict(), weights)  # resnet18's into a resnet34 layout
+    deeper = tmp_path / "resnet50.pth"
+    torch.save(resnet50().state_dict(), deeper)  # the same names, bottleneck shapes
+    with pytest.raises(InputError, match=r"resnet34.pth does not fit this encoder \(missing \['layer1.2"):
+        ResNetUNet("resnet34", decoder_channels=[32, 16, 8, 8, 8], encoder_weights=str(weights))
+    with pytest.raises(
+        InputError, match=r"resnet50.pth does not fit .*other shapes \['layer1.0.conv1.weight"
+    ):
+        ResNetUNet("resnet18", decoder_channels=[32, 16, 8, 8, 8], encoder_weights=str(deeper))
 
 
 @pytest.mark.parametrize(

@@ -20,8 +20,10 @@ from carvana_seg.data.datamodule import CarvanaDataModule
 from carvana_seg.data.layout import car_folds, split_by_car
 from carvana_seg.data.sample import Sample
 from carvana_seg.errors import DataError, input_error_in
-from carvana_seg.tools.cross_validation import cross_validate, read_folds, repeats, write_report
+from carvana_seg.tools.cross_validation import cross_validate
 from carvana_seg.tools.cross_validation import main as cross_validation_main
+from carvana_seg.tools.cv_folds import cross_validations
+from carvana_seg.tools.cv_report import write_report
 from carvana_seg.train import train
 from tests.conftest import ROOT, TINY_UNET, car_id, write_carvana
 from tests.test_cli import run_cli
@@ -212,9 +214,9 @@ def test_a_multirun_over_three_folds_and_its_full_size_report(tmp_path: Path):
 def test_a_sweep_over_folds_and_seeds_is_reported_car_by_car_over_the_seeds(tmp_path: Path, capsys):
     sweep, cache = tmp_path / "cv_seeds", tmp_path / "cache"
     fold_sweep(tmp_path, sweep, cars=4, views=2, folds=2, epochs=1, extra=["seed=0,1"])
-    groups = repeats(sweep)
-    assert [label for label, _ in groups] == ["seed=0", "seed=1"]
-    assert [sorted(job.overrides["data.fold"] for job in jobs) for _, jobs in groups] == [["0", "1"]] * 2
+    groups = cross_validations(sweep)
+    assert [folds.label for folds in groups] == ["seed=0", "seed=1"]
+    assert [sorted(job.overrides["data.fold"] for job in folds.jobs) for folds in groups] == [["0", "1"]] * 2
 
     evaluate_options = [f"paths.cache_dir={cache}", "data.num_workers=0", "device=cpu"]
     assert cross_validation_main([str(sweep), *evaluate_options]) == 0
@@ -294,12 +296,12 @@ def test_repeats_are_told_apart_by_the_overrides_other_than_the_fold(tmp_path: P
     sweep = tmp_path / "sweep"
     fake_job(sweep, 0, ["data.fold=0", "seed=1", "loss=dice"], ["a", "b"], cars)
     fake_job(sweep, 1, ["data.fold=1", "loss=dice", "seed=1"], ["c", "d"], cars)  # another order
-    one = repeats(sweep)  # no car validated twice: one cross-validation, whatever the overrides
-    assert [(label, [job.num for job in jobs]) for label, jobs in one] == [("", [0, 1])]
+    one = cross_validations(sweep)  # no car validated twice: one cross-validation, whatever the overrides
+    assert [(folds.label, [job.num for job in folds.jobs]) for folds in one] == [("", [0, 1])]
     fake_job(sweep, 2, ["data.fold=0"], ["a", "b"], cars)
     fake_job(sweep, 3, ["data.fold=1"], ["c", "d"], cars)
-    groups = repeats(sweep)
-    assert [(label, [job.num for job in jobs]) for label, jobs in groups] == [
+    groups = cross_validations(sweep)
+    assert [(folds.label, [job.num for job in folds.jobs]) for folds in groups] == [
         ("loss=dice seed=1", [0, 1]),
         ("loss=(unset) seed=(unset)", [2, 3]),
     ]
@@ -308,4 +310,27 @@ def test_repeats_are_told_apart_by_the_overrides_other_than_the_fold(tmp_path: P
     with pytest.raises(
         DataError, match=re.escape(f"car a is validated by jobs 2 and 4 of {sweep} loss=(unset)")
     ):
-        [read_folds(sweep, jobs, label) for label, jobs in repeats(sweep)]
+        cross_validations(sweep)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '["a", "b"]',
+        '{"root": "/data", "folds": 2}',
+        '{"root": "/data", "folds": 2, "split_seed": 0, "fold": 0, "train": ["a"], "val": "b"}',
+        '{"root": "/da',
+    ],
+    ids=["a list", "no cars", "val not a list", "cut short"],
+)
+def test_a_split_json_that_is_not_a_split_is_named_before_any_evaluation(tmp_path: Path, capsys, text: str):
+    cars = ["a", "b", "c", "d"]
+    sweep = tmp_path / "sweep"
+    fake_job(sweep, 0, ["data.fold=0"], ["a", "b"], cars)
+    fake_job(sweep, 1, ["data.fold=1"], ["c", "d"], cars)
+    (sweep / "1" / "split.json").write_text(text)
+    with pytest.raises(DataError, match=re.escape(f"{sweep / '1' / 'split.json'} is not a split")):
+        cross_validations(sweep)
+    assert cross_validation_main([str(sweep)]) == 2
+    assert "is not a split written by carvana_seg.train" in capsys.readouterr().err
+    assert not (sweep / "cross_validation.md").exists()

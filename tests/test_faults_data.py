@@ -14,6 +14,7 @@ row) before any long work, never a crash mid-training nor a silent wrong answer.
 from __future__ import annotations
 
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -610,3 +611,23 @@ def test_macos_resource_forks_are_ignored(tmp_path, caplog):
     check_pairs(samples)
     datamodule = setup_data(root, tmp_path)
     assert len(datamodule.train_set) + len(datamodule.val_set) == 12
+
+
+# --- no masks at all: photos alone are not a training set ---------------------------------------------
+
+
+def test_photos_without_mask_files_or_csv_stop_the_setup_naming_both(tmp_path):
+    root = write_carvana(tmp_path / "data")
+    shutil.rmtree(root / "train_masks")  # train_masks.zip never unpacked
+    with pytest.raises(DataError, match=r"has neither train_masks/ nor train_masks.csv"):
+        setup_data(root, tmp_path)
+    with pytest.raises(DataError, match=r"has neither train_masks/ nor train_masks.csv"):
+        labelled_samples(root, check_files=False)
+
+
+def test_cli_photos_without_masks_exit_2_before_the_cache_is_built(tmp_path):
+    root = write_carvana(tmp_path / "data")
+    shutil.rmtree(root / "train_masks")
+    code, output = train_cli(root, tmp_path, "data.cache=true")
+    assert_stopped_before_training(code, output, tmp_path, f"{root} has neither train_masks/ nor")
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.npy"))

@@ -91,6 +91,31 @@ def test_the_command_refuses_a_hostile_zip_with_exit_2(tmp_path, competition_fil
     assert not (tmp_path / "escaped.jpg").exists()
 
 
+def test_an_encrypted_member_is_a_download_error_naming_the_zip_not_a_traceback(tmp_path, competition_files):
+    zip_path = tmp_path / "encrypted.zip"
+    with zipfile.ZipFile(zip_path, "w") as zf:
+        for name, data in _images("train", TRAIN_CARS).items():
+            zf.writestr(name, data)
+    # zipfile writes no encryption, so the "encrypted" flag is set in each central directory entry (the
+    # flags zipfile reads): it then asks for a password it was not given.
+    raw = bytearray(zip_path.read_bytes())
+    with zipfile.ZipFile(zip_path) as zf:
+        entry = zf.start_dir
+    while raw[entry : entry + 4] == b"PK\x01\x02":
+        raw[entry + 8] |= 0x1
+        name, extra, comment = (
+            int.from_bytes(raw[entry + k : entry + k + 2], "little") for k in (28, 30, 32)
+        )
+        entry += 46 + name + extra + comment
+    zip_path.write_bytes(bytes(raw))
+    api = FakeKaggleApi({**competition_files, "train.zip": zip_path.read_bytes()})
+    out = tmp_path / "data"
+    with pytest.raises(DownloadError, match=rf"cannot unpack {out / 'train.zip'}: .*encrypted"):
+        dl.download(out, api=api, expected_counts=SMALL)
+    assert not (out / "train").exists() and not list(out.glob(f"{dl.UNPACK_PREFIX}*"))
+    assert (out / "train.zip").is_file()  # kept, to unpack by hand
+
+
 # --- kaggle's warning about the key file ---------------------------------------------------------------
 
 

@@ -252,17 +252,23 @@ def test_a_photo_added_or_removed_after_a_run_is_refused_naming_it(trained, tmp_
 # A folder left inconsistent by the version before this one is repaired, not refused forever.
 
 
-def test_a_folder_with_duplicate_rows_from_two_old_runs_is_repaired_by_a_rerun(trained, tmp_path):
-    ckpt, _ = trained
-    test = photos(tmp_path)  # 12 photos
+def clean_run_and_a_copy_of_its_masks(ckpt: Path, tmp_path: Path, copy: str) -> tuple[Path, list, Path]:
+    """12 photos predicted into `clean`: (photo folder, its rows, folder `copy` holding only its masks
+    and an empty .parts/, for a test to fill as some earlier run left it)."""
+    test = photos(tmp_path)
     clean = tmp_path / "clean"
     predict(predict_cfg(ckpt, test, clean))
-    good = rows_of(clean)
+    shutil.copytree(clean / "masks", tmp_path / copy / "masks")
+    (tmp_path / copy / ".parts").mkdir()
+    return test, rows_of(clean), tmp_path / copy
+
+
+def test_a_folder_with_duplicate_rows_from_two_old_runs_is_repaired_by_a_rerun(trained, tmp_path):
+    ckpt, _ = trained
     # What two old predicts into one folder left: both committed rows 0-3 and 4-7 as parts of their
     # own (numbered by counting the parts), and the manifest stored only the photo count.
-    wedged = tmp_path / "wedged"
-    shutil.copytree(clean / "masks", wedged / "masks")
-    (wedged / ".parts").mkdir()
+    test, good, wedged = clean_run_and_a_copy_of_its_masks(ckpt, tmp_path, "wedged")
+    clean = tmp_path / "clean"
     for number, chunk in enumerate([good[0:4], good[0:4], good[4:8], good[4:8], good[8:10]]):
         (wedged / ".parts" / f"part-{number:06d}.csv.gz").write_bytes(old_part(chunk))
     manifest = json.loads((clean / "predict.json").read_text())
@@ -276,6 +282,38 @@ def test_a_folder_with_duplicate_rows_from_two_old_runs_is_repaired_by_a_rerun(t
     assert "photos" in json.loads((wedged / "predict.json").read_text())  # upgraded
 
 
+def test_a_damaged_run_length_in_a_committed_part_is_predicted_again_not_submitted(trained, tmp_path):
+    ckpt, _ = trained
+    test, good, damaged = clean_run_and_a_copy_of_its_masks(ckpt, tmp_path, "damaged")
+    clean = tmp_path / "clean"
+    rows = [list(row) for row in good[:8]]
+    rows[5][1] = "a b"  # an even count of values, but not numbers
+    (damaged / ".parts" / "part-000000.csv.gz").write_bytes(old_part(rows))
+    shutil.copy(clean / "predict.json", damaged / "predict.json")
+    result = predict(predict_cfg(ckpt, test, damaged))
+    assert result["predicted_now"] == 7  # from the damaged row on; the five before it are kept
+    assert rows_of(damaged) == good
+
+    submission = tmp_path / "submission.csv.gz"
+    with gzip.open(submission, "wt", newline="") as handle:
+        handle.write("img,rle_mask\n" + "".join(f"{name},{mask}\n" for name, mask in rows))
+    with pytest.raises(RuntimeError, match=rf"row 6 \({good[5][0]}\): .*not"):
+        verify_submission(submission, [r[0] for r in rows])
+
+
+def test_a_manifest_whose_photos_are_not_a_list_is_another_run_not_a_crash(trained, tmp_path):
+    ckpt, _ = trained
+    test = photos(tmp_path)
+    output = tmp_path / "out"
+    predict(predict_cfg(ckpt, test, output))
+    manifest = json.loads((output / "predict.json").read_text())
+    (output / "predict.json").write_text(json.dumps({**manifest, "photos": 12}))
+    with pytest.raises(
+        InputError, match=r"holds the results of a different prediction run \(it differs in: photos\)"
+    ):
+        predict(predict_cfg(ckpt, test, output))
+
+
 # Smaller faults: refused before the output folder exists.
 
 
@@ -285,6 +323,29 @@ def test_two_photos_that_would_write_one_mask_file_are_refused_naming_both(train
     first = sorted(test.iterdir())[0]
     shutil.copy(first, first.with_suffix(".png"))  # not a real PNG: refused before it is read anyway
     with pytest.raises(InputError, match=rf"{first.name} and .*{first.stem}\.png would both write"):
+        predict(predict_cfg(ckpt, test, tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_two_photos_of_one_name_in_two_folders_of_a_pattern_are_refused_naming_both(trained, tmp_path):
+    ckpt, _ = trained
+    test = photos(tmp_path)
+    first = sorted(test.iterdir())[0]
+    (tmp_path / "more").mkdir()
+    shutil.copy(first, tmp_path / "more" / first.name)  # one submission row per name: which one?
+    with pytest.raises(InputError, match=rf"are both named {first.name}") as refused:
+        predict(predict_cfg(ckpt, f"'{tmp_path}/*/*.jpg'", tmp_path / "out"))
+    assert str(first) in str(refused.value) and str(tmp_path / "more" / first.name) in str(refused.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_link_to_a_photo_that_is_gone_is_refused_naming_it(trained, tmp_path):
+    ckpt, _ = trained
+    test = photos(tmp_path)
+    (test / "ffffffffffff_01.jpg").symlink_to(tmp_path / "unmounted" / "ffffffffffff_01.jpg")
+    with pytest.raises(
+        InputError, match=r"ffffffffffff_01.jpg is a link to .*unmounted.*which does not exist"
+    ):
         predict(predict_cfg(ckpt, test, tmp_path / "out"))
     assert not (tmp_path / "out").exists()
 

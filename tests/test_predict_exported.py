@@ -56,3 +56,30 @@ def test_a_file_that_is_not_a_carvana_seg_export_is_refused_by_name(tmp_path):
     with pytest.raises(InputError, match=r"model\.onnx is not a model ONNX Runtime can run"):
         predict(predict_cfg(garbage, write_photos(tmp_path), tmp_path / "out"))
     assert not (tmp_path / "out").exists()
+
+
+def test_a_foreign_graph_under_our_metadata_keys_is_refused_before_any_mask_is_written(exported, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    photo = helper.make_tensor_value_info("photo", TensorProto.UINT8, [1, 3, "h", "w"])
+    half = helper.make_tensor_value_info("half", TensorProto.FLOAT, [1, 3, "h2", "w2"])
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", ["photo"], ["light"], to=TensorProto.FLOAT),
+            helper.make_node("MaxPool", ["light"], ["half"], kernel_shape=[2, 2], strides=[2, 2]),
+        ],
+        "half_size",
+        [photo],
+        [half],
+    )
+    foreign = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    foreign.ir_version = 8
+    helper.set_model_props(foreign, {p.key: p.value for p in onnx.load(exported).metadata_props})
+    path = tmp_path / "foreign.onnx"
+    onnx.save(foreign, path)
+    with pytest.raises(
+        InputError, match=r"foreign.onnx returns a \(\d+, \d+\) map for the \(\d+, \d+\) photo"
+    ):
+        predict(predict_cfg(path, write_photos(tmp_path), tmp_path / "out"))
+    assert not list((tmp_path / "out").glob("masks/*"))

@@ -4,6 +4,7 @@ and the two notebooks run top to bottom (committed without outputs)."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import nbformat
 import pytest
 from hydra import compose, initialize_config_dir
 
+from carvana_seg.errors import InputError
 from carvana_seg.tools import figures
 from carvana_seg.tools.sweep_summary import find_jobs
 from tests.conftest import CONF_DIR, ROOT, write_carvana
@@ -99,8 +101,29 @@ def test_figures_show_the_curves_the_table_and_the_worst_error(study_dir: Path, 
 
 
 def test_figures_refuse_a_folder_without_finished_jobs(tmp_path: Path):
-    with pytest.raises(FileNotFoundError, match="make study"):
+    with pytest.raises(InputError, match="make study"):
         figures.make_all(tmp_path, tmp_path / "images")
+    assert not (tmp_path / "images").exists()
+
+
+def test_figures_without_the_best_checkpoint_exit_2_and_keep_the_old_figures(study_dir: Path, tmp_path: Path):
+    sweep = tmp_path / "study"
+    shutil.copytree(study_dir, sweep, ignore=shutil.ignore_patterns("eval"))
+    figures.best_checkpoint(sweep).unlink()
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "study_curves.png").write_bytes(b"the figure of an earlier study")
+    result = subprocess.run(
+        [sys.executable, "-m", "carvana_seg.tools.figures", str(sweep), "--out", str(images)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "kept no best.ckpt" in result.stderr and "Traceback" not in result.stderr
+    assert [p.name for p in images.iterdir()] == ["study_curves.png"]
+    assert (images / "study_curves.png").read_bytes() == b"the figure of an earlier study"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

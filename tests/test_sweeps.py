@@ -46,6 +46,17 @@ def summary_rows(sweep: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
+def summary_cli(folder: Path) -> subprocess.CompletedProcess[str]:
+    """`python -m carvana_seg.tools.sweep_summary FOLDER` as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "carvana_seg.tools.sweep_summary", str(folder)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def fake_job(sweep: Path, num: int, overrides: list[str], metrics: dict | None, status: dict | None = None):
     job = sweep / str(num)
     (job / ".hydra").mkdir(parents=True)
@@ -111,25 +122,33 @@ def test_the_summary_of_a_sweep_lists_every_job_in_order_and_shows_failed_ones(t
     # The command line rebuilds the same table from the folder alone.
     (sweep / "summary.md").unlink()
     (sweep / "summary.csv").unlink()
-    result = subprocess.run(
-        [sys.executable, "-m", "carvana_seg.tools.sweep_summary", str(sweep)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = summary_cli(sweep)
     assert result.returncode == 0, result.stderr
     assert result.stdout == markdown == (sweep / "summary.md").read_text()
     assert (sweep / "summary.csv").is_file()
 
-    result = subprocess.run(
-        [sys.executable, "-m", "carvana_seg.tools.sweep_summary", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = summary_cli(tmp_path)
     assert result.returncode == 2 and "no job folders" in result.stderr
+
+
+def test_job_files_edited_or_cut_short_list_the_job_as_failed_saying_why(tmp_path: Path):
+    sweep = tmp_path / "sweep"
+    fake_job(sweep, 0, ["loss=bce"], scores(0.61))
+    fake_job(sweep, 1, ["loss=dice"], scores(0.72))
+    (sweep / "1" / "metrics.json").write_text("[0.72]")  # JSON, but not train's
+    fake_job(sweep, 2, ["loss=bce_dice"], {**scores(0.9), "val/dice_best": "0.91"})  # a string
+    fake_job(sweep, 3, ["loss=focal"], scores(0.99), {"status": "ok"})
+    (sweep / "3" / ".hydra" / "overrides.yaml").write_text("[unclosed")  # cut short: not YAML
+    fake_job(sweep, 4, ["loss=x"], scores(0.5), ["not", "a", "status"])  # any JSON: not the callback's
+    result = summary_cli(sweep)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[3].startswith("| 1 | dice | failed: metrics.json is not a JSON object |  |")
+    assert lines[4].startswith("| 2 | bce_dice | failed: metrics.json: val/dice_best not a number |  |")
+    assert lines[5].startswith("| 3 |  | failed: unreadable .hydra/overrides.yaml (")
+    assert lines[6].startswith("| 4 | x | ok | 0.5000 |")
+    assert "5 jobs, 2 finished, 3 failed." in result.stdout
+    assert "Best val/dice_best: 0.6200, job 0 (loss=bce)." in result.stdout
 
 
 def compose_with_hydra(*overrides: str):

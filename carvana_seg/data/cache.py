@@ -99,6 +99,9 @@ class DecodedCache:
         except ValueError as err:  # not JSON: a damaged or foreign file, never a half-written one
             self.close()
             raise _damaged(folder, err) from err
+        if not (isinstance(self.names, list) and all(isinstance(name, str) for name in self.names)):
+            self.close()
+            raise _damaged(folder, ValueError("names.json is not a list of image names"))
         self.rows = {name: row for row, name in enumerate(self.names)}
         self._images: np.ndarray | None = None
         self._masks: np.ndarray | None = None
@@ -118,10 +121,20 @@ class DecodedCache:
         """Copies of the photo (H, W, 3) and mask (H, W) of image `name` (augmentation may write them)."""
         if self._images is None or self._masks is None:
             try:
-                self._images = np.load(self.folder / "images.npy", mmap_mode="r")
-                self._masks = np.load(self.folder / "masks.npy", mmap_mode="r")
+                images = np.load(self.folder / "images.npy", mmap_mode="r")
+                masks = np.load(self.folder / "masks.npy", mmap_mode="r")
             except (OSError, ValueError) as err:
                 raise _damaged(self.folder, err) from err
+            rows = len(self.names)
+            if (
+                images.shape[:1] != (rows,)
+                or images.ndim != 4
+                or masks.shape[:1] != (rows,)
+                or masks.ndim != 3
+            ):
+                shapes = f"images {images.shape} and masks {masks.shape} for {rows} names"
+                raise _damaged(self.folder, ValueError(shapes))
+            self._images, self._masks = images, masks
         row = self.rows[name]
         return np.array(self._images[row]), np.array(self._masks[row])
 

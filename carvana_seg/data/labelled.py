@@ -43,6 +43,11 @@ def labelled_samples(
     auto = mask_source == "auto"
     has_files = (root / MASK_DIR).is_dir()
     samples = find_samples(root, image_dir, labelled=mask_source == "files" or (auto and has_files))
+    if auto and not has_files and not (root / MASK_CSV).is_file():
+        raise DataError(
+            f"{root} has neither {MASK_DIR}/ nor {MASK_CSV}: no masks to learn or score from "
+            f"(unpack {MASK_DIR}.zip or {MASK_CSV}.zip there, or point data.root at the folder that has them)"
+        )
     use_csv = mask_source == "csv" or (auto and (root / MASK_CSV).is_file())
     rows = read_rle_rows(root / MASK_CSV) if use_csv else None
     rle_masks = {row.img: row.rle for row in rows} if rows is not None else None
@@ -83,6 +88,8 @@ def read_rle_rows(path: Path) -> list[rle.Row]:
         return rle.read_rows(path)
     except ValueError as err:
         raise DataError(str(err)) from err
+    except OSError as err:  # no permission, a folder of that name, an I/O error
+        raise DataError(f"cannot read {path}: {err.strerror or err}") from err
 
 
 def check_rle_rows(path: Path, rows: Sequence[rle.Row], sizes: Mapping[str, tuple[int, int] | None]) -> None:

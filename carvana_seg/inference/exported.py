@@ -74,6 +74,11 @@ class ExportedModel(pl.LightningModule):
                 continue
             photo = batch["image"][position : position + 1].numpy()
             probability = self.session.run(None, {"photo": photo})[0][0, 0]
+            if probability.shape != photo.shape[2:]:  # a foreign graph under our metadata keys
+                raise InputError(
+                    f"{self.path} returns a {probability.shape} map for the {photo.shape[2:]} photo "
+                    f"{batch['name'][position]}: not a carvana_seg export; no masks were written for it"
+                )
             if not np.isfinite(probability).all():
                 raise DivergedError(
                     f"{self.path} returns non-finite probabilities for {batch['name'][position]}: "

@@ -68,11 +68,7 @@ def list_images(input_path: str | Path, sample_submission: Path | None, masks: s
         candidates = sorted(Path(text).expanduser().iterdir())
     else:
         raise InputError(f"input {text} is not a folder, a photo or a pattern that matches photos")
-    found = {
-        p.name: p.resolve()
-        for p in candidates
-        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
-    }
+    found = _photos_by_name(candidates)
     if sample_submission is None:
         if not found:
             raise InputError(f"input {text} holds no .jpg or .png photos")
@@ -97,6 +93,28 @@ def list_images(input_path: str | Path, sample_submission: Path | None, masks: s
                     "rename or remove one of them"
                 )
     return images
+
+
+def _photos_by_name(candidates: list[Path]) -> dict[str, Path]:
+    """The photos among `candidates` by file name, the name a submission's row carries: two photos of one
+    name (`a/x.jpg`, `b/x.jpg` from a pattern) and links whose target is gone are refused, naming them."""
+    found: dict[str, Path] = {}
+    for path in candidates:
+        if path.suffix.lower() not in IMAGE_SUFFIXES or path.name.startswith("."):
+            continue
+        if path.is_symlink() and not path.exists():
+            raise InputError(
+                f"{path} is a link to {os.readlink(path)}, which does not exist (a disk not mounted?)"
+            )
+        if not path.is_file():
+            continue
+        other = found.setdefault(path.name, path.resolve())
+        if other != path.resolve():
+            raise InputError(
+                f"{other} and {path} are both named {path.name}: a submission has one row per photo name; "
+                "predict them apart or rename one"
+            )
+    return found
 
 
 def photo_problem(path: Path) -> str:

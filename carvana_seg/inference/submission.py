@@ -31,6 +31,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+from carvana_seg.data import rle
 from carvana_seg.data.lock import LockTimeout, file_lock
 from carvana_seg.durable import TMP_SUFFIX as _TMP
 from carvana_seg.durable import atomic_write, fsync_dir, temporary_path
@@ -129,7 +130,7 @@ class Output:
         if not different:
             return
         detail = ""
-        if "photos" in different:
+        if "photos" in different and isinstance(previous.get("photos"), list):
             detail = f" ({photo_differences(list(previous['photos']), self.photos)})"
         raise InputError(
             f"output {self.folder} holds the results of a different prediction run "
@@ -202,10 +203,12 @@ class Output:
                 part.unlink()
                 fsync_dir(self.parts)
                 continue
+            # A run-length that is not one (edited, damaged: "a b", runs out of order) is not a mask.
+            malformed = rle.check_rows([row[1] if len(row) == 2 else "" for row in rows], [None] * len(rows))
             kept = []
-            for row in rows:
+            for index, row in enumerate(rows):
                 fits = done < len(self.photos) and len(row) == 2 and row[0] == self.photos[done]
-                if fits and len(row[1].split()) % 2 == 0:
+                if fits and index not in malformed:
                     kept.append(row)
                     done += 1
                 else:
@@ -219,7 +222,8 @@ class Output:
                 fsync_dir(self.parts)
         if dropped:
             log.warning(
-                "dropped %d committed rows that did not continue the photo list (duplicates or strays): %s",
+                "dropped %d committed rows that did not continue the photo list (duplicates, strays, damaged "
+                "run-lengths and the rows after them, predicted again): %s",
                 len(dropped),
                 shown(dropped),
             )
@@ -261,13 +265,15 @@ def verify_submission(path: Path, expected: list[str]) -> None:
         reader = csv.reader(handle)
         if next(reader, None) != ["img", "rle_mask"]:
             raise RuntimeError(f"{path}: the header is not img,rle_mask")
-        count = 0
+        count, texts = 0, []
         for count, row in enumerate(reader, start=1):
-            if count > len(expected) or row[0] != expected[count - 1]:
+            if count > len(expected) or len(row) != 2 or row[0] != expected[count - 1]:
                 want = expected[count - 1] if count <= len(expected) else "no more rows"
-                raise RuntimeError(f"{path}: row {count} is {row[0]}, expected {want}")
-            numbers = row[1].split()
-            if len(numbers) % 2:
-                raise RuntimeError(f"{path}: row {count} ({row[0]}) has an odd number of run-length values")
+                raise RuntimeError(f"{path}: row {count} is {','.join(row)!r}, expected {want}")
+            texts.append(row[1])
     if count != len(expected):
         raise RuntimeError(f"{path}: {count} rows for {len(expected)} images")
+    malformed = rle.check_rows(texts, [None] * len(texts))
+    if malformed:
+        index, problem = next(iter(malformed.items()))
+        raise RuntimeError(f"{path}: row {index + 1} ({expected[index]}): {problem}")

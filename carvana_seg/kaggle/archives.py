@@ -92,7 +92,17 @@ def unpack(zip_path: Path, archive: Archive, out: Path, expected: Mapping[str, E
             members = _members(zf)
             if not members:
                 raise zipfile.BadZipFile("no files in it")
-            zf.extractall(tmp, members)  # checks every member's CRC
+            try:
+                zf.extractall(tmp, members)  # checks every member's CRC
+            except (RuntimeError, NotImplementedError) as err:  # encrypted, or a compression zipfile lacks
+                raise DownloadError(
+                    f"cannot unpack {zip_path}: {err}; unpack it by hand into {out}"
+                ) from None
+            except OSError as err:  # a full disk, a read-only folder: nothing of it is left in place
+                raise DownloadError(
+                    f"unpacking {zip_path} into {out} failed: {err.strerror or err}; free space or choose "
+                    "another --out and run again (what is done is kept)"
+                ) from None
         root = _unpacked_root(tmp, archive)
         if archive.is_folder:
             check_count(root, archive, expected, shown_as=out / archive.target)

@@ -63,14 +63,25 @@ def load_encoder_weights(encoder: nn.Module, path: str | Path) -> None:
         raise InputError(f"model.encoder_weights: {path} is not a readable PyTorch state dict") from err
     if not isinstance(state, dict):
         raise InputError(f"model.encoder_weights: {path} holds a {type(state).__name__}, not a state dict")
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}  # the classifier is not used
-    missing, unexpected = encoder.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith("fc.")]
-    if missing or unexpected:
+    state = {k: v for k, v in state.items() if not str(k).startswith("fc.")}  # the classifier is not used
+    own = encoder.state_dict()
+    # torchvision's older ImageNet files predate BatchNorm's num_batches_tracked: not needed to fit.
+    missing = [
+        k for k in own if k not in state and not k.startswith("fc.") and "num_batches_tracked" not in k
+    ]
+    unexpected = [k for k in state if k not in own]
+    # Another depth's file (resnet50's into resnet34) shares names with other shapes: named, not a traceback.
+    misshapen = [
+        f"{k} {tuple(getattr(v, 'shape', ()))} for {tuple(own[k].shape)}"
+        for k, v in state.items()
+        if k in own and not (isinstance(v, torch.Tensor) and v.shape == own[k].shape)
+    ]
+    if missing or unexpected or misshapen:
         raise InputError(
             f"model.encoder_weights: {path} does not fit this encoder "
-            f"(missing {missing[:3]}..., unexpected {unexpected[:3]}...)"
+            f"(missing {missing[:3]}..., unexpected {unexpected[:3]}..., other shapes {misshapen[:2]}...)"
         )
+    encoder.load_state_dict(state, strict=False)
 
 
 class ResNetUNet(nn.Module):

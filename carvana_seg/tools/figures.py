@@ -12,6 +12,7 @@ Curves come from the TensorBoard event files through tensorboard's own reader.
 from __future__ import annotations
 
 import argparse
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from matplotlib.figure import Figure
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from carvana_seg.durable import atomic_file, atomic_write
+from carvana_seg.errors import InputError, exit_on_input_error
 from carvana_seg.tools.sweep_summary import Job, best_job, find_jobs, to_markdown
 
 
@@ -70,19 +72,27 @@ def study_curves(sweep_dir: str | Path, tag: str | Sequence[str] = "val/dice") -
     return figure
 
 
+def best_checkpoint(sweep_dir: str | Path, model: str = "unet") -> Path:
+    """The best checkpoint of the sweep's best finished `model` job (of any job when none is that model)."""
+    sweep_dir = Path(sweep_dir)
+    jobs = find_jobs(sweep_dir) if sweep_dir.is_dir() else []
+    job = best_job([job for job in jobs if job.overrides.get("model") == model]) or best_job(jobs)
+    if job is None:
+        raise InputError(f"{sweep_dir} holds no finished job of a sweep (run `make study` first)")
+    ckpt = sweep_dir / str(job.num) / "checkpoints" / "best.ckpt"
+    if not ckpt.is_file():
+        raise InputError(f"{ckpt} does not exist: job {job.num} is the study's best but kept no best.ckpt")
+    return ckpt
+
+
 def worst_errors(sweep_dir: str | Path, out: str | Path, model: str = "unet", worst_k: int = 4) -> Path:
     """Score the best `model` job of the sweep at full size (the evaluate command, on its validation
     cars) and copy the picture of its worst image to `out`; the evaluation lands in `<sweep>/eval`."""
     from carvana_seg.config import compose
     from carvana_seg.evaluate import evaluate
 
-    sweep_dir = Path(sweep_dir)
-    candidates = [job for job in find_jobs(sweep_dir) if job.overrides.get("model") == model]
-    job = best_job(candidates) or best_job(find_jobs(sweep_dir))
-    if job is None:
-        raise FileNotFoundError(f"no finished job in {sweep_dir}")
-    ckpt = sweep_dir / str(job.num) / "checkpoints" / "best.ckpt"
-    output_dir = sweep_dir / "eval" / str(job.num)
+    ckpt = best_checkpoint(sweep_dir, model)
+    output_dir = Path(sweep_dir) / "eval" / ckpt.parent.parent.name
     cfg = compose(
         "evaluate",
         [f"ckpt_path={ckpt.resolve()}", f"paths.output_dir={output_dir.resolve()}", f"worst_k={worst_k}"],
@@ -95,20 +105,21 @@ def worst_errors(sweep_dir: str | Path, out: str | Path, model: str = "unet", wo
 
 
 def make_all(sweep_dir: str | Path, out_dir: str | Path) -> list[Path]:
-    """Every figure of the study into `out_dir`; returns their paths."""
+    """Every figure of the study into `out_dir`; returns their paths. The sweep is checked and the full-size
+    evaluation run before any figure is written: a missing job or checkpoint, or a failed evaluation,
+    leaves the figures already there as they were."""
     sweep_dir, out_dir = Path(sweep_dir), Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    best_checkpoint(sweep_dir)  # a missing sweep, job or checkpoint named before minutes of work
     jobs = find_jobs(sweep_dir)
-    if not any(job.metrics for job in jobs):
-        raise FileNotFoundError(f"{sweep_dir} holds no finished job (run `make study` first)")
-    curves = out_dir / "study_curves.png"
     figure = study_curves(sweep_dir, ("val/dice", "val/accuracy"))
+    worst = worst_errors(sweep_dir, out_dir / "worst_errors.png")
+    curves = out_dir / "study_curves.png"
     with atomic_file(curves) as handle:
         figure.savefig(handle, format="png", dpi=110)
     plt.close(figure)
     table = out_dir / "study_table.md"
     atomic_write(table, to_markdown(jobs).encode())
-    return [curves, table, worst_errors(sweep_dir, out_dir / "worst_errors.png")]
+    return [curves, table, worst]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -116,7 +127,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("sweep_dir", help="a finished study's sweep folder, e.g. runs/study")
     parser.add_argument("--out", default="docs/images", help="folder for the figures")
     args = parser.parse_args(argv)
-    for path in make_all(args.sweep_dir, args.out):
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    for path in exit_on_input_error(make_all, args.sweep_dir, args.out):
         print(path)
 
 

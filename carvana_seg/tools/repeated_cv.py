@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from carvana_seg.tools.cross_validation import WORST_PHOTOS, Report, markdown_table, write_pair
+from carvana_seg.tools.cv_folds import Report
+from carvana_seg.tools.cv_report import WORST_PHOTOS, markdown_table, write_pair
 
 
 def car_means(report: Report) -> dict[str, float]:
@@ -34,8 +35,8 @@ def car_table(reports: Sequence[Report]) -> list[dict[str, Any]]:
     """Every car once, worst mean over the repeats first (cars no repeat validated last): its dice per
     repeat (blank where that repeat did not validate it), the mean, lowest and highest of those."""
     per_repeat = [car_means(report) for report in reports]
-    one_sweep = len({report.sweep_dir for report in reports}) == 1  # then the labels tell them apart
-    columns = [f"dice {report.label if one_sweep else report.name}" for report in reports]
+    one_sweep = len({report.folds.sweep_dir for report in reports}) == 1  # then the labels tell them apart
+    columns = [f"dice {report.folds.label if one_sweep else report.name}" for report in reports]
     rows: list[tuple[float, dict[str, Any]]] = []
     for car in reports[0].cars:
         scores = [means[car] for means in per_repeat if car in means]
@@ -89,8 +90,8 @@ def to_markdown(reports: Sequence[Report]) -> str:
     lines = [
         f"# Repeated cross-validation: {len(reports)} repeats",
         "",
-        f"{first.data_root}, {len(first.cars)} cars; checkpoints/{first.ckpt}.ckpt of each job, scored at "
-        f"full size by carvana_seg.evaluate{', flip TTA' if first.tta else ''}. Each repeat is one "
+        f"{first.folds.data_root}, {len(first.cars)} cars; checkpoints/{first.ckpt}.ckpt of each job, scored "
+        f"at full size by carvana_seg.evaluate{', flip TTA' if first.tta else ''}. Each repeat is one "
         "cross-validation, with its own report (cross_validation*.md beside its jobs); a car's dice over "
         "the repeats is the mean of its mean photo dice in each repeat that validated it.",
         "",

@@ -62,16 +62,41 @@ class Job:
         return "ok" if self.metrics is not None else "failed"
 
 
-def _read_overrides(job_dir: Path) -> dict[str, str]:
+def _read_overrides(job_dir: Path) -> tuple[dict[str, str], str | None]:
+    """The job's overrides, and why they could not be read (an edited or cut .hydra/overrides.yaml)."""
     path = job_dir / ".hydra" / "overrides.yaml"
     if not path.is_file():
-        return {}
-    items = yaml.safe_load(path.read_text()) or []
+        return {}, None
+    try:
+        items = yaml.safe_load(path.read_text()) or []
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        return {}, f"unreadable .hydra/overrides.yaml ({type(err).__name__})"
+    if not isinstance(items, list):
+        return {}, ".hydra/overrides.yaml is not a list of overrides"
     overrides = {}
     for item in items:
         key, _, value = str(item).partition("=")
         overrides[key] = value
-    return overrides
+    return overrides, None
+
+
+def _read_metrics(job_dir: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """The job's metrics.json, or None and why: missing (the job did not finish), or not train's
+    (not an object of numbers, e.g. edited by hand): such a job is listed as failed, not summed up."""
+    path = job_dir / "metrics.json"
+    if not path.exists():
+        return None, "no metrics.json"
+    metrics = read_json(path)
+    if not isinstance(metrics, dict):
+        return None, "metrics.json is not a JSON object"
+    odd = [name for name in METRICS if metrics.get(name) is not None and not _is_number(metrics[name])]
+    if odd:
+        return None, f"metrics.json: {', '.join(odd)} not a number"
+    return metrics, None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -88,10 +113,14 @@ def find_jobs(sweep_dir: Path) -> list[Job]:
     for job_dir in Path(sweep_dir).iterdir():
         if not (job_dir.is_dir() and job_dir.name.isdigit()):
             continue
-        status = read_json(job_dir / STATUS_FILE) or {}
-        metrics = read_json(job_dir / "metrics.json")
-        error = status.get("error") or (None if metrics is not None else "no metrics.json")
-        jobs.append(Job(int(job_dir.name), _read_overrides(job_dir), metrics, error))
+        status = read_json(job_dir / STATUS_FILE)
+        recorded = status.get("error") if isinstance(status, dict) else None
+        overrides, unreadable = _read_overrides(job_dir)
+        metrics, missing = _read_metrics(job_dir)
+        if unreadable:
+            metrics = None  # scores without their overrides would be a row of nothing
+        error = (str(recorded) if recorded else None) or unreadable or missing
+        jobs.append(Job(int(job_dir.name), overrides, metrics, error))
     return sorted(jobs, key=lambda job: job.num)
 
 

@@ -108,8 +108,9 @@ def _photos_by_name(candidates: list[Path]) -> dict[str, Path]:
             )
         if not path.is_file():
             continue
-        other = found.setdefault(path.name, path.resolve())
-        if other != path.resolve():
+        resolved = path.resolve()
+        other = found.setdefault(path.name, resolved)
+        if other != resolved:
             raise InputError(
                 f"{other} and {path} are both named {path.name}: a submission has one row per photo name; "
                 "predict them apart or rename one"

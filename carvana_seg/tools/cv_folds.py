@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,7 @@ class Folds:
     def split_seed(self) -> int:
         return self.first["split_seed"]
 
-    @property
+    @cached_property  # read by every report row; the splits do not change once read
     def cars(self) -> list[str]:
         """Every car of the data, validated or not."""
         return sorted(

@@ -38,13 +38,16 @@ def probability(value: Any, what: str) -> float:
 
 
 def image_size(value: Any, key: str) -> tuple[int, int] | None:
-    """null, or [H, W] in whole pixels >= 1."""
-    if value is None:
-        return None
+    """null (the checkpoint's own size), or [H, W] in whole pixels >= 1."""
+    return None if value is None else pixel_size(value, key, "null or [H, W]")
+
+
+def pixel_size(value: Any, key: str, wanted: str = "[H, W]") -> tuple[int, int]:
+    """[H, W] in whole pixels >= 1 (160.5 is refused, not truncated)."""
     if (
         not (OmegaConf.is_list(value) or isinstance(value, list | tuple))
         or len(value) != 2
         or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in value)
     ):
-        raise InputError(f"{key} must be null or [H, W] in whole pixels >= 1, got {value!r}")
+        raise InputError(f"{key} must be {wanted} in whole pixels >= 1, got {value!r}")
     return int(value[0]), int(value[1])

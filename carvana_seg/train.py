@@ -25,8 +25,9 @@ from carvana_seg.config import CONF_DIR
 from carvana_seg.core import distributed
 from carvana_seg.core.checkpoint import check_checkpoint
 from carvana_seg.core.hparams import log_hyperparameters
-from carvana_seg.core.module import SegmentationModule
+from carvana_seg.core.module import SegmentationModule, build_scheduler
 from carvana_seg.core.precision import resolve_precision, uses_cuda
+from carvana_seg.core.resume import check_resumed_network, check_resumed_split
 from carvana_seg.core.run_config import RunConfig
 from carvana_seg.durable import atomic_write
 from carvana_seg.errors import InputError, exit_on_input_error
@@ -41,12 +42,23 @@ def write_json(path: Path, content: dict[str, Any]) -> None:
 
 
 def check_optimizer(cfg: DictConfig) -> None:
-    """Build the configured optimizer over one parameter: torch's own checks of its options (a negative
-    learning rate, betas outside [0, 1)) then stop the run before the data set-up, naming the option."""
+    """Build the configured optimizer over one parameter, and its schedule: torch's own checks of their
+    options (a negative learning rate, betas outside [0, 1), a warm-up share above 1) then stop the run
+    before the data set-up, naming the option, instead of once training has started."""
     try:
-        instantiate(cfg.optimizer)([torch.nn.Parameter(torch.zeros(1))])
+        optimizer = instantiate(cfg.optimizer)([torch.nn.Parameter(torch.zeros(1))])
     except (ValueError, TypeError) as err:
         raise InputError(f"optimizer: {err}") from err
+    if cfg.get("scheduler"):
+        try:
+            build_scheduler(instantiate(cfg.scheduler), optimizer, steps=100)
+        except (ValueError, TypeError, ZeroDivisionError) as err:
+            raise InputError(f"scheduler: {err}") from err
+
+
+def container(config: DictConfig) -> dict[str, Any]:
+    """A config group as the plain, resolved mapping a checkpoint stores."""
+    return OmegaConf.to_container(config, resolve=True)  # type: ignore[return-value]
 
 
 def _number(value: Any) -> float | None:
@@ -58,11 +70,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit the configured network on the configured data; return (and save) the final metrics."""
     started = time.perf_counter()
     output_dir = Path(cfg.paths.output_dir)
-    # A checkpoint to resume from is checked first: a missing, cut-short, foreign or diverged file stops the
-    # run here, not after the data set-up when training has started.
+    # A checkpoint to resume from is checked first: a missing, cut-short, foreign or diverged file, or one of
+    # another network, stops the run here, not after the data set-up when training has started.
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path:
         ckpt_path = str(check_checkpoint(ckpt_path))
+        check_resumed_network(ckpt_path, container(cfg.model), container(cfg.loss))
     check_optimizer(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     distributed.share_machine(cfg.get("torch_threads"))  # sweep jobs side by side: each to its share
@@ -74,16 +87,19 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule: pl.LightningDataModule = instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
+    run = RunConfig.of(datamodule).to_dict()
+    if ckpt_path:
+        check_resumed_split(ckpt_path, run)  # before split.json: a resume into its own folder keeps it
     write_json(output_dir / "split.json", datamodule.split)
 
     # The network and loss go in as configs: they are the module's hyperparameters, so the checkpoint
     # alone rebuilds them (SegmentationModule.load_from_checkpoint).
     module = SegmentationModule(
-        net=OmegaConf.to_container(cfg.model, resolve=True),
-        loss=OmegaConf.to_container(cfg.loss, resolve=True),
+        net=container(cfg.model),
+        loss=container(cfg.loss),
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
-        run=RunConfig.of(datamodule).to_dict(),
+        run=run,
         **OmegaConf.to_container(cfg.module, resolve=True),
     )
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]

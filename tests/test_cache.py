@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -101,6 +102,19 @@ def _fewer_rows(path: Path) -> None:
     np.save(path, np.load(path)[:-1])
 
 
+def _other_names(path: Path) -> None:  # as many rows, but not these photos': each a KeyError before
+    path.write_text(json.dumps([f"other_{row:02d}.jpg" for row in range(len(json.loads(path.read_text())))]))
+
+
+def _other_size(path: Path) -> None:  # as many rows, another size: trained at it without a word before
+    masks = np.load(path)
+    np.save(path, np.zeros((len(masks), 8, 12), np.uint8))
+
+
+def _floats(path: Path) -> None:
+    np.save(path, np.load(path).astype(np.float32))
+
+
 @pytest.mark.parametrize(
     ("damaged", "change"),
     [
@@ -108,8 +122,19 @@ def _fewer_rows(path: Path) -> None:
         ("names.json", lambda path: path.write_text('{"a": 1}')),  # JSON, not a list of names
         ("images.npy", lambda path: path.write_bytes(b"\x00 not what was written")),
         ("masks.npy", _fewer_rows),  # a whole .npy of another shape
+        ("names.json", _other_names),
+        ("masks.npy", _other_size),
+        ("images.npy", _floats),
     ],
-    ids=["names-not-json", "names-not-a-list", "images-not-npy", "masks-a-row-short"],
+    ids=[
+        "names-not-json",
+        "names-not-a-list",
+        "images-not-npy",
+        "masks-a-row-short",
+        "names-of-other-photos",
+        "masks-of-another-size",
+        "images-not-uint8",
+    ],
 )
 def test_a_damaged_cache_is_named_with_what_to_do(tmp_path, damaged, change):
     root = write_carvana(tmp_path / "data", cars=3, views=2, size=(48, 72))

@@ -276,6 +276,20 @@ def test_a_whole_jpeg_with_padding_after_its_end_marker_is_accepted(tmp_path):
     assert np.array_equal(read_image(photo), reference)
 
 
+def test_a_whole_jpeg_with_a_phones_trailer_after_its_end_marker_is_accepted(tmp_path):
+    photo = big_photo(tmp_path / "photo.jpg")
+    reference = read_image(photo)
+    with photo.open("ab") as handle:
+        handle.write(b"MotionPhoto_Data" + bytes(range(256)) * 40)  # a video or a vendor's record
+    check_complete(photo)
+    assert np.array_equal(read_image(photo), reference)
+    cut = big_photo(tmp_path / "cut.jpg")
+    truncate(cut)
+    cut.write_bytes(cut.read_bytes() + b"MotionPhoto_Data" + bytes(range(256)) * 40)  # cut, then a trailer
+    with pytest.raises(DataError, match=rf"{cut} is truncated"):
+        check_complete(cut)
+
+
 @pytest.mark.parametrize(
     "which,fmt",
     [("photo", "jpg"), ("photo", "png"), ("mask", "gif"), ("mask", "png")],

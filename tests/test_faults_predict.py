@@ -301,6 +301,23 @@ def test_a_damaged_run_length_in_a_committed_part_is_predicted_again_not_submitt
         verify_submission(submission, [r[0] for r in rows])
 
 
+def test_a_committed_row_longer_than_csvs_default_field_limit_is_kept_and_submitted(trained, tmp_path):
+    # A noisy mask's row (here 28,800 runs, 250,000 characters) once failed csv's 131,072-character
+    # limit: its part was dropped and predicted again on every rerun, and the submission never passed.
+    ckpt, _ = trained
+    test, good, noisy = clean_run_and_a_copy_of_its_masks(ckpt, tmp_path, "noisy")
+    striped = np.zeros((120, 480), np.uint8)
+    striped[:, ::2] = 1
+    rows = [list(row) for row in good[:8]]
+    rows[5][1] = rle.encode(striped)
+    (noisy / ".parts" / "part-000000.csv.gz").write_bytes(old_part(rows))
+    shutil.copy(tmp_path / "clean" / "predict.json", noisy / "predict.json")
+    result = predict(predict_cfg(ckpt, test, noisy))
+    assert result["predicted_now"] == len(good) - 8  # only the photos no part held
+    assert rows_of(noisy) == rows + good[8:]
+    verify_submission(noisy / "submission.csv.gz", [r[0] for r in good])
+
+
 def test_a_manifest_whose_photos_are_not_a_list_is_another_run_not_a_crash(trained, tmp_path):
     ckpt, _ = trained
     test = photos(tmp_path)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -106,19 +107,34 @@ def test_train_keeps_hydras_exception_and_the_command_boundary_unwraps_it(make_c
 
 
 @pytest.mark.parametrize(
-    ("override", "message"),
+    ("overrides", "message"),
     [
-        ("data.batch_size=0", "data.batch_size must be a whole number >= 1, got 0"),
-        ("data.val_batch_size=0", "data.val_batch_size must be a whole number >= 1, got 0"),
-        ("data.hflip_p=1.5", "data.hflip_p must be a probability in [0, 1], got 1.5"),
-        ("optimizer.lr=-0.1", "optimizer: Invalid learning rate: -0.1"),
+        (["data.batch_size=0"], "data.batch_size must be a whole number >= 1, got 0"),
+        (["data.val_batch_size=0"], "data.val_batch_size must be a whole number >= 1, got 0"),
+        (["data.hflip_p=1.5"], "data.hflip_p must be a probability in [0, 1], got 1.5"),
+        (["data.image_size=320"], "data.image_size must be [H, W] in whole pixels >= 1, got 320"),
+        (
+            ["data.image_size=[160.5,240]"],
+            "data.image_size must be [H, W] in whole pixels >= 1, got [160.5, 240]",
+        ),
+        (["data.val_fraction=abc"], "data.val_fraction must be a share in [0, 1), got 'abc'"),
+        (["data.split_seed=-1"], "data.split_seed must be a whole number >= 0, got -1"),
+        (["optimizer.lr=-0.1"], "optimizer: Invalid learning rate: -0.1"),
+        (
+            ["scheduler=onecycle", "scheduler.pct_start=1.5"],
+            "scheduler: Expected float between 0 and 1 pct_start, but got 1.5",
+        ),
+        (
+            ["scheduler=onecycle", "scheduler.total_steps=0"],
+            "scheduler: Expected positive integer total_steps, but got 0",
+        ),
     ],
 )
-def test_a_bad_loader_or_optimizer_option_exits_2_before_the_data_is_read(
-    make_cfg, caplog, tmp_path, override, message
+def test_a_bad_loader_optimizer_or_schedule_option_exits_2_before_the_data_is_read(
+    make_cfg, caplog, tmp_path, overrides, message
 ):
     with pytest.raises(SystemExit) as exited:
-        exit_on_input_error(train, make_cfg(override))
+        exit_on_input_error(train, make_cfg(*overrides))
     assert exited.value.code == 2 and caplog.messages[-1] == message
     assert not (tmp_path / "cache").exists() and not (tmp_path / "run" / "split.json").exists()
 
@@ -178,6 +194,66 @@ def test_train_checks_ckpt_path_first(trained, make_cfg, tmp_path, kind):
     with pytest.raises(InputError, match=BAD_CHECKPOINTS[kind]):
         train(make_cfg(f"ckpt_path={ckpt}", output_dir=out))
     assert not out.exists()
+
+
+# A resume continues the run of its checkpoint: the overrides of the `trained` fixture, one more epoch.
+RESUME = ["trainer.max_epochs=4", "scheduler=none", "data.val_fraction=0.5"]
+
+
+def resume_cfg(trained: tuple[Path, Path], out: Path, *overrides: str):
+    ckpt, data = trained
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(
+            "train",
+            overrides=[
+                *["data=carvana", "debug=tiny", "callbacks.prediction_grid=null", *RESUME],
+                *[f"data.root={data}", f"paths.output_dir={out}", f"ckpt_path={ckpt}", *overrides],
+            ],
+        )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["model.base_channels=8", "model.depth=2"],
+            "holds another network (model.base_channels 4 in the checkpoint, 8 now)",
+        ),
+        (
+            [*TINY_UNET, "data.folds=4", "data.fold=0"],
+            "was validated on other cars (2 in the checkpoint, 1 now",
+        ),
+    ],
+    ids=["another-network", "another-fold"],
+)
+def test_a_resume_with_another_network_or_other_validation_cars_stops_before_any_step(
+    trained, tmp_path, overrides, message
+):
+    out = tmp_path / "run"
+    with pytest.raises(InputError, match=re.escape(message)) as raised:
+        train(resume_cfg(trained, out, *overrides))
+    assert "start a new run without ckpt_path" in str(raised.value)
+    assert not (out / "split.json").exists() and not (out / "checkpoints").exists()
+
+
+def test_a_resume_with_the_same_network_and_cars_but_another_loss_is_only_logged(trained, tmp_path, caplog):
+    metrics = train(resume_cfg(trained, tmp_path / "run", *TINY_UNET, "loss=dice"))
+    assert metrics["epochs"] == 4  # resumed after epoch 3 and trained the one more
+    assert any("with another loss (loss._target_" in message for message in caplog.messages)
+
+
+@pytest.mark.slow
+def test_a_resume_with_another_network_exits_2_naming_the_option_not_a_size_mismatch(trained, tmp_path):
+    ckpt, data = trained
+    run = tmp_path / "run"
+    code, output = run_train(
+        data, run, f"ckpt_path={ckpt}", *RESUME, "model.base_channels=8", "model.depth=2", tiny_net=False
+    )
+    assert_plain_input_error(
+        code, output, "holds another network (model.base_channels 4 in the checkpoint, 8 now)"
+    )
+    assert "size mismatch" not in output
+    assert not (run / "split.json").exists()  # refused before the data set-up
 
 
 # --- 3. NaN: a diverging run stops before saving, and NaN weights are never loaded ---------------------

@@ -126,3 +126,17 @@ def test_real_gifs_and_train_masks_csv_agree_for_every_image():
     assert len(gifs) == len(rows) == 808
     for gif in gifs:
         assert rle.encode(read_mask(gif)) == rows[gif.name.replace("_mask.gif", ".jpg")], gif.name
+
+
+def test_a_row_longer_than_csvs_default_field_limit_is_read_whole(tmp_path):
+    # Every other pixel of a row car: 65,536 runs, about 590,000 characters (csv's limit is 131,072).
+    striped = np.zeros((256, 512), np.uint8)
+    striped[:, ::2] = 1
+    text = rle.encode(striped)
+    assert len(text) > 131_072
+    path = tmp_path / "train_masks.csv"
+    path.write_text(f"img,rle_mask\nnoisy_01.jpg,{text}\n")
+    (row,) = rle.read_rows(path)
+    assert row.rle == text
+    assert rle.check_rows([row.rle], [striped.shape]) == {}
+    np.testing.assert_array_equal(rle.decode(row.rle, striped.shape), striped)

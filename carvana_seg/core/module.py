@@ -34,6 +34,14 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def build_scheduler(factory: Callable[..., Any], optimizer: Optimizer, steps: int) -> Any:
+    """The configured schedule over `optimizer`, its length left null in the config (OneCycleLR's
+    `total_steps`, CosineAnnealingLR's `T_max`) filled in with the run's `steps` optimiser steps."""
+    keywords = getattr(factory, "keywords", {})
+    filled = {name: steps for name in ("total_steps", "T_max") if name in keywords and keywords[name] is None}
+    return factory(optimizer=optimizer, **filled)
+
+
 class SegmentationModule(pl.LightningModule):
     """A network that maps uint8 photos (B, 3, H, W) to car logits (B, 1, H, W), with its training.
 
@@ -216,12 +224,9 @@ class SegmentationModule(pl.LightningModule):
         optimizer = self.optimizer_factory(params=self.parameters())
         if self.scheduler_factory is None:
             return optimizer
-        keywords = getattr(self.scheduler_factory, "keywords", {})
-        steps = int(self.trainer.estimated_stepping_batches)
-        filled = {
-            name: steps for name in ("total_steps", "T_max") if name in keywords and keywords[name] is None
-        }
-        scheduler = self.scheduler_factory(optimizer=optimizer, **filled)
+        scheduler = build_scheduler(
+            self.scheduler_factory, optimizer, int(self.trainer.estimated_stepping_batches)
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def _flag_nonfinite(self, what: str, value: Tensor) -> None:

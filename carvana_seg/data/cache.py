@@ -119,6 +119,27 @@ class DecodedCache:
 
     def get(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """Copies of the photo (H, W, 3) and mask (H, W) of image `name` (augmentation may write them)."""
+        images, masks = self._maps()
+        row = self.rows[name]
+        return np.array(images[row]), np.array(masks[row])
+
+    def check(self, names: Sequence[str], size: tuple[int, int], mask_size: tuple[int, int]) -> None:
+        """Refuse a cache that does not hold these photos at this size as uint8 (a damaged or hand-edited
+        folder): named here, not as a KeyError in a loader worker or a run at the wrong size."""
+        missing = [name for name in names if name not in self.rows]
+        images, masks = self._maps()
+        wrong = [
+            f"{what} {array.dtype}{list(array.shape[1:])}, not uint8{list(shape)}"
+            for what, array, shape in (("images", images, (*size, 3)), ("masks", masks, mask_size))
+            if array.dtype != np.uint8 or array.shape[1:] != tuple(shape)
+        ]
+        if missing:
+            wrong.append(f"names.json lacks {len(missing)} of the photos, such as {missing[0]}")
+        if wrong:
+            raise _damaged(self.folder, ValueError("; ".join(wrong)))
+
+    def _maps(self) -> tuple[np.ndarray, np.ndarray]:
+        """The memory maps of the photos and masks, opened once per process, a row per name."""
         if self._images is None or self._masks is None:
             try:
                 images = np.load(self.folder / "images.npy", mmap_mode="r")
@@ -135,8 +156,7 @@ class DecodedCache:
                 shapes = f"images {images.shape} and masks {masks.shape} for {rows} names"
                 raise _damaged(self.folder, ValueError(shapes))
             self._images, self._masks = images, masks
-        row = self.rows[name]
-        return np.array(self._images[row]), np.array(self._masks[row])
+        return self._images, self._masks
 
 
 def _damaged(folder: Path, err: Exception) -> DataError:
@@ -180,15 +200,19 @@ def open_or_build(
     parent = Path(cache_dir) / "decoded" / f"{root.name}-{hashlib.sha256(str(root).encode()).hexdigest()[:8]}"
     prefix = f"{size[0]}x{size[1]}-{source}-"
     folder = parent / f"{prefix}{key}"
+    names = [s.name for s in samples]
     cache = _open(folder)
     if cache is not None:
+        cache.check(names, size, mask_size)
         return cache
     need = len(samples) * (size[0] * size[1] * 3 + mask_size[0] * mask_size[1]) + 256
     with _no_space_is_a_data_error(parent, need, len(samples), size):
         parent.mkdir(parents=True, exist_ok=True)
         with file_lock(parent / ".lock", timeout=lock_timeout, what=f"building {folder.name}"):
             cache = _open(folder)  # another job may have built it while we waited
-            if cache is None:
+            if cache is not None:
+                cache.check(names, size, mask_size)
+            else:
                 cache = _build(folder, samples, size, rle_masks, workers, soft, mask_size)
                 _remove_unused(parent, prefix, keep=folder)
     return cache

@@ -21,7 +21,7 @@ from carvana_seg.data.layout import MASK_CSV, check_folds, split_by_car
 from carvana_seg.data.photos import PhotoDataset, photo_loader
 from carvana_seg.data.sample import Sample
 from carvana_seg.errors import DataError
-from carvana_seg.options import whole_number
+from carvana_seg.options import pixel_size, whole_number
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +107,12 @@ class CarvanaDataModule(pl.LightningDataModule):
             raise DataError("data.root is not set: pass data.root=/path/to/carvana (Kaggle's layout)")
         if mask_source not in MASK_SOURCES:
             raise DataError(f"data.mask_source must be 'auto', 'files' or 'csv', got {mask_source!r}")
-        if len(image_size) != 2 or min(image_size) < 1:
-            raise DataError(f"data.image_size must be [height, width], got {list(image_size)}")
+        size = pixel_size(image_size, "data.image_size")
+        is_number = isinstance(val_fraction, int | float) and not isinstance(val_fraction, bool)
+        if folds is None and (not is_number or not 0 <= val_fraction < 1):  # with folds it is not used
+            raise DataError(f"data.val_fraction must be a share in [0, 1), got {val_fraction!r}")
+        if isinstance(split_seed, bool) or not isinstance(split_seed, int) or split_seed < 0:
+            raise DataError(f"data.split_seed must be a whole number >= 0, got {split_seed!r}")
         if isinstance(mask_scale, bool) or not isinstance(mask_scale, int) or mask_scale < 1:
             raise DataError(f"data.mask_scale must be a whole number >= 1, got {mask_scale!r}")
         # A mapping (the config's named transforms: one can be dropped with null) keeps its order.
@@ -136,7 +140,7 @@ class CarvanaDataModule(pl.LightningDataModule):
         if cache and cache_dir is None:
             raise DataError("data.cache=true needs data.cache_dir (a folder for the decoded arrays)")
         self.root = Path(root).expanduser().resolve()
-        self.image_size = (int(image_size[0]), int(image_size[1]))
+        self.image_size = size
         self.val_fraction = val_fraction
         self.split_seed = split_seed
         self.folds = folds

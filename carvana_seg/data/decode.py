@@ -10,7 +10,8 @@ Every file is read as stored: an EXIF orientation tag is ignored by OpenCV as PI
 photo, its header size and its mask (Kaggle's masks are in the stored orientation) always agree. A file
 cut short is an error, never half a photo: OpenCV decodes a truncated JPEG into grey with only a
 warning, so `read_image` checks the format's end marker first (`check_complete` does the same from the
-last bytes alone, for the set-up check of every file).
+last bytes alone, for the set-up check of every file; a JPEG without the marker at its end is walked
+marker by marker before it is called truncated, as phones append data after it).
 """
 
 from __future__ import annotations
@@ -94,6 +95,41 @@ def _end_problem(head: bytes, tail: bytes) -> str | None:
     return None
 
 
+def _jpeg_reaches_its_end(data: bytes) -> bool:
+    """Whether the JPEG's own structure (segments by their lengths, each scan up to the next marker)
+    reaches its end-of-image marker. A file with data after the marker (a phone's trailer, a motion
+    photo's video) does; one cut short runs out first (a cut file with other data appended could, by
+    chance, seem to reach one there). Asked only of the rare JPEG whose last bytes lack the marker: the
+    usual check stays a read of its last 4 KiB."""
+    pos, size = 2, len(data)  # after the start-of-image marker
+    while pos + 2 <= size:
+        if data[pos] != 0xFF:
+            return False  # not a marker where the structure needs one: damaged
+        marker = data[pos + 1]
+        if marker == 0xD9:
+            return True
+        if marker == 0xFF or 0xD0 <= marker <= 0xD7:  # fill byte, restart marker: no length
+            pos += 1 if marker == 0xFF else 2
+            continue
+        if pos + 4 > size:
+            return False
+        pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+        if marker != 0xDA:
+            continue
+        while True:  # a scan's coded data: 0xFF occurs in it only as FF00 (a data byte) or FFD0-FFD7
+            pos = data.find(b"\xff", pos)
+            if pos < 0 or pos + 1 >= size:
+                return False
+            following = data[pos + 1]
+            if following == 0x00 or 0xD0 <= following <= 0xD7:
+                pos += 2
+            elif following == 0xFF:
+                pos += 1  # fill bytes before the next marker
+            else:
+                break
+    return False
+
+
 def check_complete(path: str | Path) -> None:
     """Raise a DataError naming `path` when the file is cut short (an interrupted download or copy).
 
@@ -112,6 +148,12 @@ def check_complete(path: str | Path) -> None:
     except OSError as err:
         raise DataError(f"cannot read image file {path}: {err}") from err
     problem = _end_problem(head, tail)
+    if problem is not None and head.startswith(_JPEG):
+        try:
+            if _jpeg_reaches_its_end(Path(path).read_bytes()):
+                problem = None  # data after a whole JPEG
+        except OSError as err:
+            raise DataError(f"cannot read image file {path}: {err}") from err
     if problem is not None:
         raise DataError(f"image file {path} {problem}: fetch it again or remove it")
 
@@ -129,7 +171,7 @@ def read_image(path: str | Path, size: tuple[int, int] | None = None) -> np.ndar
         raise DataError(f"cannot read image file {path}: {err}") from err
     head = raw[:16]
     problem = _end_problem(head, raw if head.startswith(_GIF) else raw[-_TAIL:])
-    if problem is not None:
+    if problem is not None and not (head.startswith(_JPEG) and _jpeg_reaches_its_end(raw)):
         raise DataError(f"image file {path} {problem}: fetch it again or remove it")
     data = np.frombuffer(raw, dtype=np.uint8)
     full_h, full_w = image_size(path, raw)

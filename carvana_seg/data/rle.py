@@ -21,6 +21,10 @@ import numpy as np
 
 from carvana_seg.errors import DataError
 
+# A noisy mask's row outgrows csv's default field limit (131,072 characters, about 11,000 runs; a
+# 1918x1280 mask of one-pixel runs is 12 MB of text): every reader of these files reads whole rows.
+csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
+
 _CANONICAL = re.compile(r"[0-9]{1,18}(?: [0-9]{1,18})*")  # single spaces; 18 digits always fit int64
 _NUMBER = re.compile(r"[0-9]{1,18}")
 _TOO_LARGE = 10**18

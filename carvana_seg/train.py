@@ -27,7 +27,7 @@ from carvana_seg.core.checkpoint import check_checkpoint
 from carvana_seg.core.hparams import log_hyperparameters
 from carvana_seg.core.module import SegmentationModule, build_scheduler
 from carvana_seg.core.precision import resolve_precision, uses_cuda
-from carvana_seg.core.resume import check_resumed_network, check_resumed_split
+from carvana_seg.core.resume import check_resumed_network, check_resumed_split, saved_hyperparameters
 from carvana_seg.core.run_config import RunConfig
 from carvana_seg.durable import atomic_write
 from carvana_seg.errors import InputError, exit_on_input_error
@@ -75,7 +75,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path:
         ckpt_path = str(check_checkpoint(ckpt_path))
-        check_resumed_network(ckpt_path, container(cfg.model), container(cfg.loss))
+        saved = saved_hyperparameters(ckpt_path)
+        check_resumed_network(ckpt_path, saved, container(cfg.model), container(cfg.loss))
     check_optimizer(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     distributed.share_machine(cfg.get("torch_threads"))  # sweep jobs side by side: each to its share
@@ -89,7 +90,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule.setup("fit")
     run = RunConfig.of(datamodule).to_dict()
     if ckpt_path:
-        check_resumed_split(ckpt_path, run)  # before split.json: a resume into its own folder keeps it
+        check_resumed_split(ckpt_path, saved, run)  # before split.json: a resume into its own folder keeps it
     write_json(output_dir / "split.json", datamodule.split)
 
     # The network and loss go in as configs: they are the module's hyperparameters, so the checkpoint

@@ -28,11 +28,10 @@ ADVICE = (
 
 
 def check_resumed_network(
-    checkpoint_path: str | Path, model: Mapping[str, Any], loss: Mapping[str, Any]
+    checkpoint_path: str | Path, saved: Mapping[str, Any], model: Mapping[str, Any], loss: Mapping[str, Any]
 ) -> None:
-    """Refuse to resume `checkpoint_path` (already checked by `check_checkpoint`) into the network of the
-    `model` config when the two differ; log another `loss`."""
-    saved = saved_hyperparameters(checkpoint_path)
+    """Refuse to resume `checkpoint_path`, whose `saved_hyperparameters` are `saved`, into the network of
+    the `model` config when the two differ; log another `loss`."""
     network = differences(saved.get("net"), model, "model")
     if network:
         raise InputError(f"ckpt_path {checkpoint_path} holds another network ({network}): {ADVICE}")
@@ -41,10 +40,12 @@ def check_resumed_network(
         log.warning("resuming %s with another loss (%s)", checkpoint_path, other_loss)
 
 
-def check_resumed_split(checkpoint_path: str | Path, run: Mapping[str, Any]) -> None:
-    """Refuse to resume `checkpoint_path` into a run (a `RunConfig.to_dict()`) that validates other cars;
-    log another input size."""
-    saved = saved_hyperparameters(checkpoint_path).get("run") or {}
+def check_resumed_split(
+    checkpoint_path: str | Path, saved: Mapping[str, Any], run: Mapping[str, Any]
+) -> None:
+    """Refuse to resume `checkpoint_path`, whose `saved_hyperparameters` are `saved`, into a run (a
+    `RunConfig.to_dict()`) that validates other cars; log another input size."""
+    saved = saved.get("run") or {}
     if "val_cars" in saved:
         old, new = set(saved["val_cars"]), set(run.get("val_cars") or ())
         if old != new:
@@ -61,6 +62,7 @@ def check_resumed_split(checkpoint_path: str | Path, run: Mapping[str, Any]) -> 
 
 
 def saved_hyperparameters(checkpoint_path: str | Path) -> Mapping[str, Any]:
+    """The hyperparameters a checkpoint (already checked by `check_checkpoint`) was written with."""
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True, mmap=True)
     return checkpoint.get("hyper_parameters") or {}
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -130,6 +131,15 @@ def _jpeg_reaches_its_end(data: bytes) -> bool:
     return False
 
 
+def _cut_short(head: bytes, tail: bytes, whole: Callable[[], bytes]) -> str | None:
+    """`_end_problem`, except for a JPEG with data after its end marker: `whole()` (the file's bytes,
+    read only then) is walked to the marker before the file is called truncated."""
+    problem = _end_problem(head, tail)
+    if problem is not None and head.startswith(_JPEG) and _jpeg_reaches_its_end(whole()):
+        return None
+    return problem
+
+
 def check_complete(path: str | Path) -> None:
     """Raise a DataError naming `path` when the file is cut short (an interrupted download or copy).
 
@@ -147,13 +157,10 @@ def check_complete(path: str | Path) -> None:
                 tail = handle.read()
     except OSError as err:
         raise DataError(f"cannot read image file {path}: {err}") from err
-    problem = _end_problem(head, tail)
-    if problem is not None and head.startswith(_JPEG):
-        try:
-            if _jpeg_reaches_its_end(Path(path).read_bytes()):
-                problem = None  # data after a whole JPEG
-        except OSError as err:
-            raise DataError(f"cannot read image file {path}: {err}") from err
+    try:
+        problem = _cut_short(head, tail, Path(path).read_bytes)
+    except OSError as err:
+        raise DataError(f"cannot read image file {path}: {err}") from err
     if problem is not None:
         raise DataError(f"image file {path} {problem}: fetch it again or remove it")
 
@@ -170,8 +177,8 @@ def read_image(path: str | Path, size: tuple[int, int] | None = None) -> np.ndar
     except OSError as err:
         raise DataError(f"cannot read image file {path}: {err}") from err
     head = raw[:16]
-    problem = _end_problem(head, raw if head.startswith(_GIF) else raw[-_TAIL:])
-    if problem is not None and not (head.startswith(_JPEG) and _jpeg_reaches_its_end(raw)):
+    problem = _cut_short(head, raw if head.startswith(_GIF) else raw[-_TAIL:], lambda: raw)
+    if problem is not None:
         raise DataError(f"image file {path} {problem}: fetch it again or remove it")
     data = np.frombuffer(raw, dtype=np.uint8)
     full_h, full_w = image_size(path, raw)

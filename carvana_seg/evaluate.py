@@ -34,6 +34,7 @@ from carvana_seg.core.edge_band import thresholded
 from carvana_seg.core.metrics import SCORES, per_image_scores
 from carvana_seg.core.module import SegmentationModule
 from carvana_seg.core.postprocess import check_steps, postprocess
+from carvana_seg.core.precision import check_precision
 from carvana_seg.core.run_config import RunConfig
 from carvana_seg.core.upsample import logit_threshold, to_full_size
 from carvana_seg.data.datamodule import resolve_num_workers
@@ -164,6 +165,7 @@ def check_options(cfg: DictConfig) -> list[str]:
     options.whole(cfg, "worst_k", minimum=0)
     options.image_size(cfg.data.image_size, "data.image_size")
     resolve_num_workers(cfg.data.num_workers)
+    check_precision(cfg.precision, "precision")
     return check_names(cfg.get("stress") or [])
 
 
@@ -174,6 +176,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     stress_names = check_options(cfg)
     output_dir = Path(cfg.paths.output_dir)
     device = pick_device(cfg.device)
+    autocast(device, cfg.precision)  # a precision this device cannot run is named here, before any work
     module = SegmentationModule.load_from_checkpoint(cfg.ckpt_path).to(device)
     run = module.run_config
     samples, rle_masks, data_root, split = _samples(cfg, run)

@@ -24,9 +24,13 @@ def whole_number(value: Any, what: str, minimum: int = 1) -> int:
 
 def flag(cfg: DictConfig, key: str) -> bool:
     """The true or false at `key` (dotted); "yes" or 1 are refused, not guessed."""
-    value = OmegaConf.select(cfg, key)
+    return boolean(OmegaConf.select(cfg, key), key)
+
+
+def boolean(value: Any, what: str) -> bool:
+    """`value`, true or false: Hydra reads `no` or `off` as text, which Python would take as true."""
     if not isinstance(value, bool):
-        raise InputError(f"{key} must be true or false, got {value!r}")
+        raise InputError(f"{what} must be true or false, got {value!r}")
     return value
 
 

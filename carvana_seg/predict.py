@@ -36,7 +36,7 @@ from carvana_seg import options
 from carvana_seg.config import CONF_DIR
 from carvana_seg.core.module import SegmentationModule
 from carvana_seg.core.postprocess import check_steps
-from carvana_seg.core.precision import resolve_precision
+from carvana_seg.core.precision import check_precision, resolve_precision
 from carvana_seg.data.datamodule import resolve_num_workers
 from carvana_seg.data.photos import PhotoDataset, photo_loader
 from carvana_seg.errors import DataError, DivergedError, InputError, exit_on_input_error
@@ -47,9 +47,6 @@ from carvana_seg.inference.submission import Output
 from carvana_seg.inference.writer import MaskWriter
 
 log = logging.getLogger(__name__)
-
-_PRECISIONS = ("auto", "fast", "32", "32-true", "64", "64-true", "16", "16-mixed", "16-true", "bf16")
-_PRECISIONS += ("bf16-mixed", "bf16-true")
 
 
 def check_options(cfg: DictConfig) -> None:
@@ -71,8 +68,7 @@ def check_options(cfg: DictConfig) -> None:
     wait = cfg.lock_wait
     if isinstance(wait, bool) or not isinstance(wait, int | float) or not wait >= 0:
         raise InputError(f"lock_wait must be a number of seconds >= 0, got {wait!r}")
-    if str(cfg.precision) not in _PRECISIONS:
-        raise InputError(f"precision must be one of {', '.join(_PRECISIONS)}, got {cfg.precision!r}")
+    check_precision(cfg.precision, "precision")
 
 
 def predict(cfg: DictConfig) -> dict[str, Any]:

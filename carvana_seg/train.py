@@ -21,18 +21,22 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
+from carvana_seg import options
 from carvana_seg.config import CONF_DIR
 from carvana_seg.core import distributed
 from carvana_seg.core.checkpoint import check_checkpoint
 from carvana_seg.core.hparams import log_hyperparameters
 from carvana_seg.core.module import SegmentationModule, build_scheduler
-from carvana_seg.core.precision import resolve_precision, uses_cuda
+from carvana_seg.core.precision import check_precision, resolve_precision, uses_cuda
 from carvana_seg.core.resume import check_resumed_network, check_resumed_split, saved_hyperparameters
 from carvana_seg.core.run_config import RunConfig
 from carvana_seg.durable import atomic_write
 from carvana_seg.errors import InputError, exit_on_input_error
 
 log = logging.getLogger(__name__)
+
+MAX_SEED = 2**32 - 1  # Lightning's seed_everything, and numpy behind it, take 0 to 2**32 - 1
+LIGHTNING_ONLY_PRECISIONS = ("transformer-engine", "transformer-engine-float16")  # training only
 
 
 @rank_zero_only
@@ -54,6 +58,28 @@ def check_optimizer(cfg: DictConfig) -> None:
             build_scheduler(instantiate(cfg.scheduler), optimizer, steps=100)
         except (ValueError, TypeError, ZeroDivisionError) as err:
             raise InputError(f"scheduler: {err}") from err
+
+
+def check_run(cfg: DictConfig) -> None:
+    """The run's own options, its Trainer's precision and device, and its network and loss (built once and
+    dropped: their constructors check their options), before the data set-up: a typo stops the run in
+    seconds, not after the decoded cache is built and split.json written."""
+    if cfg.seed is not None:  # null: Lightning's own (PL_GLOBAL_SEED, else 0)
+        options.whole(cfg, "seed", minimum=0)
+    if cfg.seed is not None and cfg.seed > MAX_SEED:
+        raise InputError(f"seed must be at most {MAX_SEED} (numpy's limit), got {cfg.seed}")
+    if cfg.get("torch_threads") is not None:
+        options.whole(cfg, "torch_threads")
+    for key in ("compile", "channels_last"):
+        options.flag(cfg, f"module.{key}")
+    check_precision(cfg.trainer.get("precision"), "trainer.precision", LIGHTNING_ONLY_PRECISIONS)
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    gpu_here = torch.cuda.is_available() or (accelerator == "gpu" and torch.backends.mps.is_available())
+    if accelerator in ("gpu", "cuda") and not gpu_here:  # Lightning's gpu is Apple's MPS on a Mac
+        raise InputError(f"trainer.accelerator={accelerator} but no GPU is visible; trainer=cpu runs here")
+    SegmentationModule(
+        net=container(cfg.model), loss=container(cfg.loss), **OmegaConf.to_container(cfg.module, resolve=True)
+    )
 
 
 def container(config: DictConfig) -> dict[str, Any]:
@@ -78,6 +104,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         saved = saved_hyperparameters(ckpt_path)
         check_resumed_network(ckpt_path, saved, container(cfg.model), container(cfg.loss))
     check_optimizer(cfg)
+    check_run(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     distributed.share_machine(cfg.get("torch_threads"))  # sweep jobs side by side: each to its share
     if uses_cuda(cfg.trainer.get("accelerator", "auto")):

@@ -1,9 +1,14 @@
 """The benchmark, shrunk: every section measures and prints one table (the figures come from real runs)."""
 
+import subprocess
+import sys
+
+import pytest
 from hydra import compose, initialize_config_dir
 
+from carvana_seg.errors import InputError
 from carvana_seg.tools.bench import bench
-from tests.conftest import CONF_DIR
+from tests.conftest import CONF_DIR, ROOT
 
 
 def test_bench_prints_every_section_of_one_table(carvana_dir, tmp_path, capsys):
@@ -42,3 +47,42 @@ def test_bench_prints_every_section_of_one_table(carvana_dir, tmp_path, capsys):
     assert any("ONNX Runtime" in r["what"] for r in measured)
     table = (tmp_path / "bench" / "table.md").read_text()
     assert table in capsys.readouterr().out and table.count("\n| ") == len(rows) + 1
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("sections=[loader,trian]", "sections must be a list of loader, train, predict"),
+        ("sections=[]", "sections must be a list"),
+        ("repeats=0", "repeats must be a whole number >= 1"),
+        ("device=gpu", "device must be auto, cpu or cuda"),
+    ],
+)
+def test_a_bad_option_is_named_before_any_section_runs(tmp_path, override, message):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("bench", overrides=[f"output={tmp_path / 'table.md'}", override])
+    with pytest.raises(InputError, match=message):
+        bench(cfg)
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_missing_checkpoint_exits_2_before_the_first_section(tmp_path):
+    missing = tmp_path / "runs" / "best.ckpt"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "carvana_seg.tools.bench",
+            "sections=[loader,predict]",
+            f"predict.ckpt_path={missing}",
+            f"output={tmp_path / 'bench' / 'table.md'}",
+            f"hydra.run.dir={tmp_path / 'logs'}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 2 and f"{missing}" in output and "does not exist" in output, output[-2000:]
+    assert "Traceback" not in output and not (tmp_path / "bench").exists()

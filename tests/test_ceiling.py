@@ -33,7 +33,14 @@ def test_the_command_prints_a_table_per_size(carvana_dir, capsys):
 
 
 @pytest.mark.parametrize(
-    ("override", "message"), [("sizes=[[40]]", "sizes must be"), ("every=0", "every must be")]
+    ("override", "message"),
+    [
+        ("sizes=[[40]]", "each of sizes must be"),
+        ("sizes=[40,60]", "each of sizes must be"),  # one size without its brackets
+        ("sizes=[]", "sizes must be a list"),
+        ("every=0", "every must be"),
+        ("every=abc", "every must be"),
+    ],
 )
 def test_bad_options_are_named(carvana_dir, override, message):
     with pytest.raises(InputError, match=message):

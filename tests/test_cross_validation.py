@@ -135,7 +135,7 @@ def fold_sweep(tmp_path: Path, sweep: Path, cars: int, views: int, folds: int, e
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
-def test_a_multirun_over_three_folds_and_its_full_size_report(tmp_path: Path):
+def test_a_multirun_over_three_folds_and_its_full_size_report(tmp_path: Path, capsys):
     sweep, cache = tmp_path / "cv", tmp_path / "cache"
     fold_sweep(tmp_path, sweep, cars=6, views=4, folds=3, epochs=3)
     splits = [json.loads((sweep / str(job) / "split.json").read_text()) for job in range(3)]
@@ -182,6 +182,19 @@ def test_a_multirun_over_three_folds_and_its_full_size_report(tmp_path: Path):
     assert {row["car_id"]: int(row["fold"]) for row in by_car} == {
         car: s["fold"] for s in splits for car in s["val"]
     }
+
+    # A bad evaluate option, or one that fails every fold, leaves the earlier evaluations and report as is.
+    before = {path: path.read_bytes() for path in sweep.rglob("*") if path.is_file()}
+    for option, message in [
+        ("threshold=1.5", "threshold must be a probability strictly between 0 and 1, got 1.5"),
+        ("precision=fp32", "precision must be one of"),
+        ("split=all", "split=all: cross-validation sets split itself"),
+        ("tta_hflip=true", "cross-validation sets tta_hflip itself (--tta)"),
+        (f"data.root={tmp_path / 'empty'}", f"no report written for {sweep} (job 0: evaluate:"),
+    ]:
+        assert cross_validation_main([str(sweep), *evaluate_options, option]) == 2, option
+        assert message in capsys.readouterr().err
+        assert {path: path.read_bytes() for path in sweep.rglob("*") if path.is_file()} == before, option
 
     # Fold 1's job failed (as SweepSummary records it): its cars are reported as never validated.
     (sweep / "1" / "metrics.json").unlink()
@@ -272,6 +285,24 @@ def test_a_sweep_over_folds_and_seeds_is_reported_car_by_car_over_the_seeds(tmp_
     assert refused.returncode == 2, refused.stderr[-2000:]
     assert f"was trained on {tmp_path / 'elsewhere'}" in refused.stderr and "the same cars" in refused.stderr
     assert not out.exists() and not (other / "0" / "eval_cv").exists()  # refused before any evaluation
+
+    # One repeat whose checkpoints cannot be scored gets no report; the other repeat still gets its own.
+    jobs = [job for job in sweep.iterdir() if job.name.isdigit()]
+    seed1_jobs = [job for job in jobs if "seed=1" in (job / ".hydra" / "overrides.yaml").read_text()]
+    kept = {name: (sweep / name).read_bytes() for name in ("cross_validation_seed=1.md", REPEATS)}
+    for job in seed1_jobs:
+        (job / "checkpoints" / "last.ckpt").write_bytes(b"not a checkpoint")
+    assert cross_validation_main([str(sweep), *evaluate_options]) == 2
+    assert f"no fold scored, so no report written for {sweep} seed=1 (job " in capsys.readouterr().err
+    assert {name: (sweep / name).read_bytes() for name in kept} == kept
+    assert (sweep / "cross_validation_seed=0.md").exists()
+    for job in seed1_jobs:  # no checkpoint at all: refused before any evaluation
+        (job / "checkpoints" / "last.ckpt").unlink()
+    assert cross_validation_main([str(sweep), *evaluate_options]) == 2
+    assert f"{sweep} seed=1: no job finished with checkpoints/last.ckpt" in capsys.readouterr().err
+
+
+REPEATS = "cross_validation_repeats.md"
 
 
 def fake_job(sweep: Path, num: int, overrides: list[str], val: list[str], cars: list[str]) -> None:

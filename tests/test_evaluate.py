@@ -144,6 +144,9 @@ def test_a_file_that_is_not_a_checkpoint_is_refused(tmp_path):
         ("threshold=half", "threshold must be a probability strictly between 0 and 1, got 'half'"),
         ("thresholds=[0.5,1.5]", "each of thresholds must be a probability strictly between 0 and 1"),
         ("tta_hflip=yes", "tta_hflip must be true or false, got 'yes'"),
+        ("precision=fp32", "precision must be one of auto, fast, 32,"),  # was fp16 autocast on a GPU
+        ("precision=16mixed", "got '16mixed'"),
+        ("device=0", "device must be auto, cpu, cuda or cuda:N, got 0"),  # a number from Hydra
     ],
 )
 def test_a_bad_option_is_refused_before_the_checkpoint_is_read(tmp_path, override, message):

@@ -392,6 +392,7 @@ def test_a_photo_twice_in_the_sample_submission_is_refused_naming_it_and_its_lin
         ("lock_wait=-1", "lock_wait"),
         ("precision=double", "precision"),
         ("tta_hflip=maybe", "tta_hflip"),
+        ("device=0", "device"),  # Hydra's number, not a device name
     ],
 )
 def test_a_bad_option_is_refused_before_the_output_folder_exists(trained, tmp_path, override, named):

@@ -93,6 +93,7 @@ def test_a_bad_option_checked_in_a_constructor_exits_2_with_its_plain_message(
     code, output = run_train(data, run, *overrides, tiny_net=tiny_net)
     assert_plain_input_error(code, output, message)
     assert not (run / "checkpoints").exists()
+    assert not (run / "split.json").exists()  # the network and loss are built before the data set-up
 
 
 def test_train_keeps_hydras_exception_and_the_command_boundary_unwraps_it(make_cfg, caplog):
@@ -128,15 +129,34 @@ def test_train_keeps_hydras_exception_and_the_command_boundary_unwraps_it(make_c
             ["scheduler=onecycle", "scheduler.total_steps=0"],
             "scheduler: Expected positive integer total_steps, but got 0",
         ),
+        # Hydra reads no/off as text, which Python takes as true: each would switch the feature on.
+        (["data.soft_masks=no"], "data.soft_masks must be true or false, got 'no'"),
+        (["data.cache=off"], "data.cache must be true or false, got 'off'"),
+        (["module.compile=no"], "module.compile must be true or false, got 'no'"),
+        (["seed=-1"], "seed must be a whole number >= 0, got -1"),
+        (["seed=abc"], "seed must be a whole number >= 0, got 'abc'"),
+        (["seed=4294967296"], "seed must be at most 4294967295 (numpy's limit), got 4294967296"),
+        (["torch_threads=0"], "torch_threads must be a whole number >= 1, got 0"),
+        (["trainer.precision=16mixed"], "trainer.precision must be one of auto, fast, 32,"),
+        # The network, loss and module options, checked in their constructors, now before the data too.
+        (["model.depth=0"], "model.depth must be at least 1, got 0"),
+        (["loss.hard_fraction=0"], "loss.hard_fraction must be in (0, 1], got 0"),
+        (["module.threshold=1.5"], "module.threshold must be in (0, 1), got 1.5"),
     ],
 )
-def test_a_bad_loader_optimizer_or_schedule_option_exits_2_before_the_data_is_read(
-    make_cfg, caplog, tmp_path, overrides, message
-):
+def test_a_bad_option_exits_2_before_the_data_is_read(make_cfg, caplog, tmp_path, overrides, message):
     with pytest.raises(SystemExit) as exited:
-        exit_on_input_error(train, make_cfg(*overrides))
-    assert exited.value.code == 2 and caplog.messages[-1] == message
+        exit_on_input_error(train, make_cfg("data.cache=true", *overrides))
+    assert exited.value.code == 2 and caplog.messages[-1].startswith(message)
     assert not (tmp_path / "cache").exists() and not (tmp_path / "run" / "split.json").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available() or torch.backends.mps.is_available(), reason="a GPU is here")
+def test_a_gpu_trainer_without_a_gpu_exits_2_before_the_data_is_read(make_cfg, caplog, tmp_path):
+    with pytest.raises(SystemExit) as exited:
+        exit_on_input_error(train, make_cfg("trainer.accelerator=gpu"))
+    assert exited.value.code == 2 and "trainer.accelerator=gpu but no GPU is visible" in caplog.messages[-1]
+    assert not (tmp_path / "run" / "split.json").exists()
 
 
 def test_a_bug_under_instantiate_keeps_its_traceback(make_cfg):

@@ -121,7 +121,19 @@ def test_real_data_recipes_validate_their_last_epoch(recipe):
     assert cfg.data.cache and cfg.callbacks.model_checkpoint.save_last
 
 
-@pytest.mark.parametrize("recipe", ["carvana_cpu", "carvana_cpu_augment", "carvana_cpu augment=dark_floor"])
+def test_the_cpu_recipe_trains_with_the_flip_and_light_floor_bands_and_augment_none_is_the_flip_alone():
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        recipe = compose("train", overrides=["experiment=carvana_cpu", "data.root=/data"])
+        flip_alone = compose("train", overrides=["experiment=carvana_cpu", "augment=none", "data.root=/data"])
+    assert recipe.data.hflip_p == flip_alone.data.hflip_p == 0.5
+    assert list(recipe.data.augment) == ["dark_floor"] and list(recipe.data.augment.dark_floor.darkness) == [
+        0.1,
+        0.4,
+    ]
+    assert not flip_alone.data.augment
+
+
+@pytest.mark.parametrize("recipe", ["carvana_cpu", "carvana_cpu_augment", "carvana_cpu augment=none"])
 @pytest.mark.parametrize("model", ["cnn", "unet", "unet_transposed", "unet_cpu", "resnet_unet"])
 def test_real_data_recipes_take_any_network(recipe, model):
     overrides = [f"experiment={recipe.split()[0]}", *recipe.split()[1:], f"model={model}", "data.root=/data"]

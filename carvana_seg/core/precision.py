@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import torch
 
+from carvana_seg.errors import InputError
+
+# Lightning's precision names, and the project's two (resolved below). The numbers arrive from Hydra as ints.
+PRECISIONS = ("auto", "fast", "32", "32-true", "64", "64-true", "16", "16-mixed", "16-true", "bf16")
+PRECISIONS += ("bf16-mixed", "bf16-true")
+
 
 def uses_cuda(accelerator: str) -> bool:
     """Whether a Trainer with this `accelerator` setting will run on a CUDA GPU here."""
@@ -24,6 +30,12 @@ def resolve_precision(precision: str | int | None, accelerator: str = "auto") ->
     if not uses_cuda(accelerator):
         return "bf16-mixed" if precision == "fast" and cpu_has_fast_bf16() else "32-true"
     return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+
+
+def check_precision(precision: str | int | None, what: str, more: tuple[str, ...] = ()) -> None:
+    """Refuse a precision Lightning does not know (`16mixed`, `fp32`), naming the option, before any work."""
+    if precision is not None and str(precision) not in PRECISIONS + more:
+        raise InputError(f"{what} must be one of {', '.join(PRECISIONS + more)}, got {precision!r}")
 
 
 def cpu_has_fast_bf16() -> bool:

@@ -44,7 +44,7 @@ class DarkFloor(A.DualTransform):
         self,
         band_p: float = 0.5,
         shadow_p: float = 0.5,
-        darkness: Sequence[float] = (0.25, 0.6),
+        darkness: Sequence[float] = (0.1, 0.4),
         band_gap: Sequence[float] = (0.0, 0.08),
         band_height: Sequence[float] = (0.04, 0.2),
         shadow_height: Sequence[float] = (0.01, 0.04),

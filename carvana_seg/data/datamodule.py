@@ -21,7 +21,7 @@ from carvana_seg.data.layout import MASK_CSV, check_folds, split_by_car
 from carvana_seg.data.photos import PhotoDataset, photo_loader
 from carvana_seg.data.sample import Sample
 from carvana_seg.errors import DataError
-from carvana_seg.options import pixel_size, whole_number
+from carvana_seg.options import boolean, pixel_size, whole_number
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +137,9 @@ class CarvanaDataModule(pl.LightningDataModule):
         if isinstance(hflip_p, bool) or not isinstance(hflip_p, int | float) or not 0 <= hflip_p <= 1:
             raise DataError(f"data.hflip_p must be a probability in [0, 1], got {hflip_p!r}")
         check_folds(folds, fold)
+        switches = dict(pin_memory=pin_memory, persistent_workers=persistent_workers, soft_masks=soft_masks)
+        for name, value in (switches | dict(check_files=check_files, cache=cache)).items():
+            boolean(value, f"data.{name}")
         if cache and cache_dir is None:
             raise DataError("data.cache=true needs data.cache_dir (a folder for the decoded arrays)")
         self.root = Path(root).expanduser().resolve()

@@ -16,15 +16,23 @@ from carvana_seg.core.precision import resolve_precision
 from carvana_seg.errors import InputError
 
 
-def pick_device(device: str = "auto") -> torch.device:
+def pick_device(device: str | torch.device = "auto") -> torch.device:
+    """`auto`, `cpu`, `cuda` or `cuda:N` as a torch device that exists here; anything else names `device`."""
+    if isinstance(device, torch.device):
+        device = str(device)
+    if not isinstance(device, str):  # device=0 arrives from Hydra as a number
+        raise InputError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"device={device} but no CUDA GPU is visible")
     try:
-        return torch.device(device)
+        picked = torch.device(device)
     except RuntimeError as err:  # torch's own words for a device string it does not know
         raise InputError(f"device={device}: {err}") from err
+    if picked.type == "cuda" and picked.index is not None and picked.index >= torch.cuda.device_count():
+        raise InputError(f"device={device} but this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    return picked
 
 
 def autocast(device: torch.device, precision: str = "auto") -> contextlib.AbstractContextManager:

@@ -19,6 +19,7 @@ from PIL import Image
 
 from carvana_seg.core.module import SegmentationModule
 from carvana_seg.core.postprocess import DEFAULT_STEPS, check_steps, postprocess
+from carvana_seg.core.precision import check_precision
 from carvana_seg.core.upsample import logit_threshold, to_full_size
 from carvana_seg.data.decode import image_size, read_image
 from carvana_seg.data.photos import batches_by_size
@@ -68,6 +69,8 @@ class Predictor:
         if not 0.0 < self.threshold < 1.0:
             raise InputError(f"threshold must lie in (0, 1), got {self.threshold}")
         self.device = pick_device(device)
+        check_precision(precision, "precision")
+        autocast(self.device, precision)  # named before the module moves
         self.module = module.to(self.device).eval()
         self.tta_hflip = tta_hflip
         self.postprocess = check_steps(postprocess)

@@ -20,10 +20,13 @@ from pathlib import Path
 import hydra
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from carvana_seg import options
 from carvana_seg.config import CONF_DIR
+from carvana_seg.core.checkpoint import check_checkpoint
 from carvana_seg.durable import atomic_write
+from carvana_seg.errors import InputError, exit_on_input_error
 from carvana_seg.tools.bench_loader import bench_loader
 from carvana_seg.tools.bench_predict import bench_predict
 from carvana_seg.tools.bench_table import Rows, markdown
@@ -38,8 +41,28 @@ def machine_name(device: torch.device) -> str:
     return f"CPU only: {cpu}, {torch.get_num_threads()} torch threads"
 
 
+SECTIONS = ("loader", "train", "predict")
+
+
+def check_options(cfg: DictConfig) -> torch.device:
+    """The benchmark's own options, and the checkpoint it predicts with, before the minutes of the first
+    section; the device to run on."""
+    sections = cfg.sections
+    if not OmegaConf.is_list(sections) or not sections or any(s not in SECTIONS for s in sections):
+        raise InputError(f"sections must be a list of {', '.join(SECTIONS)}, got {sections!r}")
+    options.whole(cfg, "repeats")
+    device = str(cfg.device)
+    if isinstance(cfg.device, bool) or not (device in ("auto", "cpu") or device.startswith("cuda")):
+        raise InputError(f"device must be auto, cpu or cuda, got {cfg.device!r}")
+    if str(cfg.device).startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"device={cfg.device} but no CUDA GPU is visible")
+    if "predict" in sections and cfg.predict.ckpt_path:
+        check_checkpoint(cfg.predict.ckpt_path)
+    return torch.device("cuda" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu")
+
+
 def bench(cfg: DictConfig) -> list[dict]:
-    device = torch.device("cuda" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu")
+    device = check_options(cfg)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.set_float32_matmul_precision("high")
@@ -71,7 +94,7 @@ def bench(cfg: DictConfig) -> list[dict]:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="bench")
 def main(cfg: DictConfig) -> None:
-    bench(cfg)
+    exit_on_input_error(bench, cfg)
 
 
 if __name__ == "__main__":

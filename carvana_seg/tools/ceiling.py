@@ -17,9 +17,10 @@ from pathlib import Path
 import hydra
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from carvana_seg import options
 from carvana_seg.config import CONF_DIR
 from carvana_seg.core.metrics import per_image_scores
 from carvana_seg.core.upsample import to_full_size
@@ -50,11 +51,10 @@ def ceilings(mask: np.ndarray, size: Sequence[int]) -> dict[str, float]:
 def ceiling(cfg: DictConfig) -> tuple[dict[str, dict[str, float]], int]:
     """Mean full-size dice of the best binary and soft predictions at each of `cfg.sizes` ("HxW"),
     and the number of masks they were averaged over."""
-    sizes = [tuple(size) for size in cfg.sizes]
-    if not sizes or any(len(size) != 2 or min(size) < 1 for size in sizes):
-        raise InputError(f"sizes must be a list of [height, width], got {cfg.sizes}")
-    if cfg.every < 1:
-        raise InputError(f"every must be at least 1, got {cfg.every}")
+    if not OmegaConf.is_list(cfg.sizes) or not cfg.sizes:
+        raise InputError(f"sizes must be a list of [height, width], e.g. [[160,240]], got {cfg.sizes!r}")
+    sizes = [options.pixel_size(size, "each of sizes") for size in cfg.sizes]
+    options.whole(cfg, "every")
     if cfg.data.root in (None, "", "???"):
         raise DataError("data.root is not set: pass data.root=/path/to/carvana (Kaggle's layout)")
     root = Path(cfg.data.root).expanduser().resolve()

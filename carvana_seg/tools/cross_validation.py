@@ -38,7 +38,8 @@ from omegaconf.errors import OmegaConfBaseException
 from carvana_seg.config import compose
 from carvana_seg.data.layout import car_folds
 from carvana_seg.errors import InputError
-from carvana_seg.evaluate import evaluate
+from carvana_seg.evaluate import check_options, evaluate
+from carvana_seg.inference.forward import autocast, pick_device
 from carvana_seg.tools.cv_folds import (
     FoldResult,
     Folds,
@@ -51,6 +52,8 @@ from carvana_seg.tools.cv_folds import (
 from carvana_seg.tools.cv_report import EVAL_DIR, MARKDOWN, report_path, write_report
 from carvana_seg.tools.repeated_cv import write_repeats
 
+log = logging.getLogger(__name__)
+
 REPEATS_MARKDOWN = "cross_validation_repeats.md"  # a sweep holding several cross-validations (seeds)
 WORST_PICTURES = 2  # evaluate's worst-error pictures per fold
 
@@ -58,15 +61,26 @@ WORST_PICTURES = 2  # evaluate's worst-error pictures per fold
 def evaluate_job(
     job_dir: Path, ckpt: Path, tta: bool, overrides: Sequence[str] = ()
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """evaluate's per_image.csv rows and summary for `ckpt` on its own validation cars, in job_dir/eval_cv."""
+    """evaluate's per_image.csv rows and summary for `ckpt` on its own validation cars, in job_dir/eval_cv.
+
+    evaluate writes into eval_cv.partial, which replaces eval_cv once it has succeeded: a failed evaluation
+    leaves the earlier one in place (the report counts the fold as failed, not with the old rows)."""
     output = job_dir / EVAL_DIR
-    shutil.rmtree(output, ignore_errors=True)  # nothing of an earlier report is read back
+    staging = output.with_name(f"{EVAL_DIR}.partial")
+    shutil.rmtree(staging, ignore_errors=True)  # a run cut short before
     cfg = compose(
         "evaluate", ["split=val", f"worst_k={WORST_PICTURES}", f"tta_hflip={str(tta).lower()}", *overrides]
     )
     cfg.ckpt_path = str(ckpt)  # set, not overridden: paths need no quoting in Hydra's grammar
-    cfg.paths.output_dir = str(output)
-    summary = evaluate(cfg)
+    cfg.paths.output_dir = str(staging)
+    try:
+        summary = evaluate(cfg)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # a failed evaluation leaves nothing behind
+        raise
+    shutil.rmtree(output, ignore_errors=True)
+    staging.rename(output)
+    log.info("job %s scored into %s", job_dir.name, output)
     with (output / "per_image.csv").open(newline="") as handle:
         rows = [{**row, "dice": float(row["dice"])} for row in csv.DictReader(handle)]
     return rows, summary
@@ -128,12 +142,41 @@ def _targets(items: Sequence[str]) -> tuple[list[Path], list[str]]:
     return folders, overrides
 
 
+SET_HERE = {"split": "", "ckpt_path": " (--ckpt last|best)", "tta_hflip": " (--tta)", "paths.output_dir": ""}
+
+
 def _check_options(overrides: Sequence[str]) -> None:
-    """evaluate's options composed once, so that a bad one stops the report before any evaluation."""
+    """evaluate's options composed and checked as evaluate checks them, so that a bad one stops the report
+    before any evaluation (and before a fold's earlier evaluation is touched)."""
+    for override in overrides:
+        key = override.partition("=")[0].lstrip("+~")
+        if key in SET_HERE:
+            raise InputError(f"{override}: cross-validation sets {key} itself{SET_HERE[key]}")
     try:
-        compose("evaluate", ["split=val", *overrides])
+        cfg = compose("evaluate", ["split=val", *overrides])
     except (HydraException, OmegaConfBaseException) as err:
         raise InputError(f"evaluate options {' '.join(overrides)}: {str(err).splitlines()[0]}") from err
+    check_options(cfg)
+    autocast(pick_device(cfg.device), cfg.precision)
+
+
+def _check_trained(every: Sequence[Folds], ckpt: str) -> None:
+    """A cross-validation none of whose jobs finished with a checkpoint stops before any evaluation."""
+    for folds in every:
+        if not any(
+            job.status == "ok" and (folds.sweep_dir / str(job.num) / "checkpoints" / f"{ckpt}.ckpt").is_file()
+            for job in folds.jobs
+        ):
+            raise InputError(f"{folds.name}: no job finished with checkpoints/{ckpt}.ckpt: nothing to score")
+
+
+def _unscored(reports: Sequence[Report]) -> str:
+    """The cross-validations no fold of which could be scored, with each job's reason ('' when none)."""
+    return "; ".join(
+        f"{report.name} ({', '.join(f'job {r.job}: {r.error}' for r in report.results if r.error)})"
+        for report in reports
+        if not any(result.photos for result in report.results)
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -171,16 +214,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         for folder in folders:
             every += cross_validations(folder)
         check_repeats(every)  # before hours of evaluation
+        _check_trained(every, args.ckpt)
         reports = [score(folds, args.ckpt, args.tta, overrides) for folds in every]
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if len(reports) == 1:
+    # A cross-validation with no fold scored gets no report (an earlier one stays); the others get theirs.
+    unscored = _unscored(reports)
+    if len(reports) == 1 and not unscored:
         out = args.out or folders[0] / MARKDOWN
         markdown = write_report(reports[0], out)
     else:
         for report in reports:  # each repeat's own report beside its jobs
-            write_report(report, report_path(report))
+            if any(result.photos for result in report.results):
+                write_report(report, report_path(report))
+        if unscored:
+            print(f"error: no fold scored, so no report written for {unscored}", file=sys.stderr)
+            return 2
         out = args.out or folders[0] / REPEATS_MARKDOWN
         markdown = write_repeats(reports, out)
     print(f"\nCross-validation ({out}, {out.with_suffix('.csv')}):\n\n{markdown}", end="", flush=True)

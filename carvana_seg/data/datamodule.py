@@ -111,8 +111,7 @@ class CarvanaDataModule(pl.LightningDataModule):
         is_number = isinstance(val_fraction, int | float) and not isinstance(val_fraction, bool)
         if folds is None and (not is_number or not 0 <= val_fraction < 1):  # with folds it is not used
             raise DataError(f"data.val_fraction must be a share in [0, 1), got {val_fraction!r}")
-        if isinstance(split_seed, bool) or not isinstance(split_seed, int) or split_seed < 0:
-            raise DataError(f"data.split_seed must be a whole number >= 0, got {split_seed!r}")
+        whole_number(split_seed, "data.split_seed", minimum=0)
         if isinstance(mask_scale, bool) or not isinstance(mask_scale, int) or mask_scale < 1:
             raise DataError(f"data.mask_scale must be a whole number >= 1, got {mask_scale!r}")
         # A mapping (the config's named transforms: one can be dropped with null) keeps its order.

@@ -54,11 +54,11 @@ def check_options(cfg: DictConfig) -> torch.device:
     device = str(cfg.device)
     if isinstance(cfg.device, bool) or not (device in ("auto", "cpu") or device.startswith("cuda")):
         raise InputError(f"device must be auto, cpu or cuda, got {cfg.device!r}")
-    if str(cfg.device).startswith("cuda") and not torch.cuda.is_available():
+    if device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"device={cfg.device} but no CUDA GPU is visible")
     if "predict" in sections and cfg.predict.ckpt_path:
         check_checkpoint(cfg.predict.ckpt_path)
-    return torch.device("cuda" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu")
+    return torch.device("cuda" if torch.cuda.is_available() and device != "cpu" else "cpu")
 
 
 def bench(cfg: DictConfig) -> list[dict]:

@@ -156,7 +156,10 @@ def _install(
 def _fetch(api: KaggleApiLike, archive: Archive, out: Path, force: bool) -> None:
     """Download `archive` to out/<name>; the final name appears only once kaggle returned."""
     staging = out / STAGING_DIR
-    staging.mkdir(parents=True, exist_ok=True)
+    try:
+        staging.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DownloadError(f"cannot create {staging}: {err.strerror or err}; choose another --out") from None
     print(f"{archive.name}: downloading from Kaggle", flush=True)
     try:
         # force=False lets kaggle resume a partial file that a killed run left in the staging folder.
@@ -172,6 +175,11 @@ def _fetch(api: KaggleApiLike, archive: Archive, out: Path, force: bool) -> None
     except ValueError as err:  # kaggle's own check, e.g. the file came out shorter than announced
         raise DownloadError(
             f"downloading {archive.name} failed: {err}. Run the same command again."
+        ) from None
+    except OSError as err:  # kaggle writes the chunks itself: a full disk or a folder it may not write
+        raise DownloadError(
+            f"downloading {archive.name} into {staging} failed: {err.strerror or err}. Free space (or "
+            "choose another --out) and run the same command again: the part already downloaded is kept"
         ) from None
     # kaggle names the local file after the download URL, which for these files is the requested name.
     # Kaggle 2.x documents that large non-zip files are served wrapped as <name>.zip; all of ours are zips

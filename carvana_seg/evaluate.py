@@ -330,6 +330,7 @@ def _render_worst(ranked: list[dict[str, Any]], output_dir: Path) -> None:
         return
     folder = output_dir / "worst"
     folder.mkdir(exist_ok=True)
+    written = set()
     with SummaryWriter(str(output_dir / "tensorboard")) as tensorboard:
         for rank, entry in enumerate(ranked, start=1):
             sample = entry["sample"]
@@ -341,7 +342,12 @@ def _render_worst(ranked: list[dict[str, Any]], output_dir: Path) -> None:
             if not ok:
                 raise RuntimeError(f"PNG encoding of the picture of {sample.name} failed")
             atomic_write(path, png.tobytes())
+            written.add(path.name)
             tensorboard.add_image(f"worst/{rank:02d}", panel, global_step=0, dataformats="HWC")
+    # An earlier evaluation into this folder ranked other photos: its pictures would pass for this one's.
+    for stale in folder.glob("[0-9][0-9]_*.png"):
+        if stale.name not in written:
+            stale.unlink()
 
 
 def _print_summary(summary: dict[str, Any], output_dir: Path) -> None:

@@ -21,6 +21,7 @@ with ONNX Runtime on photos decoded as stored, into the same writer.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -96,7 +97,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         threshold = float(cfg.threshold)
     module.predict_threshold = threshold
     module.postprocess = check_steps(cfg.postprocess)
-    images = list_images(cfg.input, sample, cfg.masks)
+    images = list_images(cfg.input, sample, cfg.masks, bool(cfg.overlays))
     exported = isinstance(module, ExportedModel)
     device = torch.device("cpu") if exported else device
     size = tuple(module.image_size if exported else cfg.data.image_size or module.run_config.image_size)
@@ -104,6 +105,9 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         output_dir,
         {
             "ckpt_path": str(ckpt_path),
+            # The file's content, not only its name: a checkpoint replaced in place (training went on)
+            # must not finish a submission that its predecessor began.
+            "model_sha256": _sha256(ckpt_path),
             "input": input_text,
             "sample_submission": str(sample) if sample else None,
             "input_size": list(size),
@@ -117,7 +121,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         [path.name for path in images],
     )
     output.check()  # a folder of another run is refused before the photos are read
-    problems = check_headers(images)
+    problems, output.sizes = check_headers(images)
     if problems and cfg.on_error == "stop":
         raise DataError(
             f"{len(problems)} unreadable photos in {cfg.input} "
@@ -137,6 +141,11 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     return result
 
 
+def _sha256(path: Path) -> str:
+    with path.open("rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
+
+
 def _load(cfg: DictConfig, path: Path, device: torch.device) -> tuple[pl.LightningModule, float]:
     """The model to predict with and its stored threshold: a checkpoint, or an exported ONNX file
     (`inference.exported`), whose size, precision and device are fixed in it."""
@@ -151,7 +160,7 @@ def _load(cfg: DictConfig, path: Path, device: torch.device) -> tuple[pl.Lightni
         "tta_hflip": cfg.tta_hflip,
         "data.image_size": cfg.data.image_size,
         "device": str(cfg.device).startswith("cuda"),
-        "precision": cfg.precision not in ("auto", "32", "32-true"),
+        "precision": str(cfg.precision) not in ("auto", "32", "32-true"),
     }
     for option, value in fixed.items():
         if value:

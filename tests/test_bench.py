@@ -56,6 +56,13 @@ def test_bench_prints_every_section_of_one_table(carvana_dir, tmp_path, capsys):
         ("sections=[]", "sections must be a list"),
         ("repeats=0", "repeats must be a whole number >= 1"),
         ("device=gpu", "device must be auto, cpu or cuda"),
+        # The predict section runs last: its options are checked with the benchmark's own.
+        ("predict.precision=16mixed", "predict.precision must be one of"),
+        ("predict.batch_size=0", "predict.batch_size must be a whole number >= 1"),
+        ("predict.images=0", "predict.images must be a whole number >= 1"),
+        ("predict.num_workers=-1", "predict.num_workers must be a whole number >= 0"),
+        ("predict.onnx=no", "predict.onnx must be true or false"),
+        ("predict.input_size.cpu=[160]", "predict.input_size.cpu"),
     ],
 )
 def test_a_bad_option_is_named_before_any_section_runs(tmp_path, override, message):
@@ -64,6 +71,16 @@ def test_a_bad_option_is_named_before_any_section_runs(tmp_path, override, messa
     with pytest.raises(InputError, match=message):
         bench(cfg)
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("output", ["a_folder", "bench.jsonl"])
+def test_an_output_that_would_lose_the_table_is_refused_before_any_section(tmp_path, output):
+    (tmp_path / "a_folder").mkdir()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("bench", overrides=[f"output={tmp_path / output}"])
+    with pytest.raises(InputError, match=f"output={tmp_path / output}"):
+        bench(cfg)
+    assert [p.name for p in tmp_path.iterdir()] == ["a_folder"]
 
 
 def test_a_missing_checkpoint_exits_2_before_the_first_section(tmp_path):

@@ -273,6 +273,10 @@ def test_a_sweep_over_folds_and_seeds_is_reported_car_by_car_over_the_seeds(tmp_
         (job_dir / "split.json").write_text(json.dumps({**split, "root": str(tmp_path / "elsewhere")}))
     assert cross_validation_main([str(sweep), str(other), *evaluate_options]) == 2
     assert "several sweep folders need --out FILE" in capsys.readouterr().err
+    assert cross_validation_main([str(sweep), "--out", str(tmp_path)]) == 2  # a folder, not the file
+    assert f"--out {tmp_path} is a folder" in capsys.readouterr().err
+    assert cross_validation_main([str(sweep), "--out", str(tmp_path / "cv.csv")]) == 2  # the CSV goes there
+    assert "the markdown report's file (.md)" in capsys.readouterr().err
     assert cross_validation_main([str(sweep), str(tmp_path / "runs/lr=0.1")]) == 2
     assert f"{tmp_path / 'runs/lr=0.1'} is not a folder" in capsys.readouterr().err
     assert cross_validation_main([str(sweep), "device=cpu", "no_such_option=1"]) == 2

@@ -7,6 +7,7 @@ of made-up cars, laid out as Kaggle's are (train.zip holds train/<car>_<NN>.jpg,
 from __future__ import annotations
 
 import csv
+import errno
 import importlib.util
 import io
 import os
@@ -450,6 +451,16 @@ def test_api_failures_stop_before_writing(
 
     assert len(api.downloads) <= 1
     assert not out.exists()
+
+
+def test_a_full_disk_mid_download_is_named_with_what_to_do(
+    tmp_path: Path, competition_files: dict[str, bytes]
+) -> None:
+    out = tmp_path / "data"
+    api = FakeKaggleApi(competition_files, fail_download=OSError(errno.ENOSPC, "No space left on device"))
+
+    with pytest.raises(DownloadError, match=r"No space left on device.*run the same command again"):
+        dl.download(out, api=api, expected_counts=SMALL)
 
 
 def test_help_says_hq_is_in_addition(capsys: pytest.CaptureFixture[str]) -> None:

@@ -100,6 +100,12 @@ def test_worst_k_are_rendered_worst_first_and_logged_to_tensorboard(trained, tmp
     events.Reload()
     assert {"worst/01", "worst/02", "worst/03"} <= set(events.Tags()["images"])
 
+    # Evaluated again into the same folder: only this evaluation's pictures are left there.
+    (tmp_path / "eval" / "worst" / "01_an_earlier_worst_photo.png").write_bytes(b"an earlier picture")
+    summary = evaluate(eval_cfg(tmp_path, ckpt, "worst_k=1"))
+    left = [p.name for p in (tmp_path / "eval" / "worst").glob("*.png")]
+    assert left == [f"01_{Path(summary['worst'][0]['img']).stem}.png"]
+
 
 def test_error_panel_paints_false_positives_and_negatives_and_zooms_on_the_largest():
     photo = np.full((100, 150, 3), 200, np.uint8)

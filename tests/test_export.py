@@ -105,6 +105,8 @@ def test_an_smp_network_exports_to_onnx(tmp_path):
         (["format=tflite"], "format must be one of onnx, torchscript, got 'tflite'"),
         (["image_size=[32]"], "image_size must be null or [H, W]"),
         (["ckpt_path=/nonexistent/best.ckpt"], "ckpt_path /nonexistent/best.ckpt does not exist"),
+        # predict would read model.bin as a checkpoint and call it cut short
+        (["output=model.bin"], "an ONNX file is named *.onnx, e.g."),
     ],
 )
 def test_bad_options_exit_2_naming_them(trained, tmp_path, caplog, overrides, message):

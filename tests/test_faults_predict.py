@@ -282,12 +282,18 @@ def test_a_folder_with_duplicate_rows_from_two_old_runs_is_repaired_by_a_rerun(t
     assert "photos" in json.loads((wedged / "predict.json").read_text())  # upgraded
 
 
-def test_a_damaged_run_length_in_a_committed_part_is_predicted_again_not_submitted(trained, tmp_path):
+@pytest.mark.parametrize(
+    ("damage", "problem"),
+    [("a b", "not"), ("1 99999999", "outside the 64x96 mask")],  # not numbers; a run far past the 64x96 photo
+)
+def test_a_damaged_run_length_in_a_committed_part_is_predicted_again_not_submitted(
+    trained, tmp_path, damage, problem
+):
     ckpt, _ = trained
     test, good, damaged = clean_run_and_a_copy_of_its_masks(ckpt, tmp_path, "damaged")
     clean = tmp_path / "clean"
     rows = [list(row) for row in good[:8]]
-    rows[5][1] = "a b"  # an even count of values, but not numbers
+    rows[5][1] = damage
     (damaged / ".parts" / "part-000000.csv.gz").write_bytes(old_part(rows))
     shutil.copy(clean / "predict.json", damaged / "predict.json")
     result = predict(predict_cfg(ckpt, test, damaged))
@@ -297,8 +303,8 @@ def test_a_damaged_run_length_in_a_committed_part_is_predicted_again_not_submitt
     submission = tmp_path / "submission.csv.gz"
     with gzip.open(submission, "wt", newline="") as handle:
         handle.write("img,rle_mask\n" + "".join(f"{name},{mask}\n" for name, mask in rows))
-    with pytest.raises(RuntimeError, match=rf"row 6 \({good[5][0]}\): .*not"):
-        verify_submission(submission, [r[0] for r in rows])
+    with pytest.raises(RuntimeError, match=rf"row 6 \({good[5][0]}\): .*{problem}"):
+        verify_submission(submission, [r[0] for r in rows], [(64, 96)] * len(rows))
 
 
 def test_a_committed_row_longer_than_csvs_default_field_limit_is_kept_and_submitted(trained, tmp_path):
@@ -341,6 +347,18 @@ def test_two_photos_that_would_write_one_mask_file_are_refused_naming_both(train
     shutil.copy(first, first.with_suffix(".png"))  # not a real PNG: refused before it is read anyway
     with pytest.raises(InputError, match=rf"{first.name} and .*{first.stem}\.png would both write"):
         predict(predict_cfg(ckpt, test, tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_two_photos_that_would_write_one_overlay_are_refused_even_without_masks(trained, tmp_path):
+    ckpt, _ = trained
+    test = photos(tmp_path)
+    first = sorted(test.iterdir())[0]
+    shutil.copy(first, first.with_suffix(".png"))
+    cfg = predict_cfg(ckpt, test, tmp_path / "out", "masks=none", "overlays=true")
+    written = rf"{first.stem}\.png would both write the overlay overlays/{first.stem}\.jpg"
+    with pytest.raises(InputError, match=written):
+        predict(cfg)
     assert not (tmp_path / "out").exists()
 
 

@@ -6,6 +6,7 @@ import csv
 import gzip
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -164,6 +165,35 @@ def test_an_output_folder_of_another_run_is_refused_before_any_work(trained, tmp
     (tmp_path / "stranger" / "notes.txt").write_text("mine")
     with pytest.raises(InputError, match="not empty"):
         predict(predict_cfg(ckpt, test, tmp_path / "stranger"))
+
+
+def test_a_checkpoint_replaced_in_place_does_not_finish_its_predecessors_run(trained, tmp_path):
+    import torch
+
+    ckpt = tmp_path / "last.ckpt"
+    shutil.copy(trained[0], ckpt)
+    test = photos(tmp_path)
+    predict(predict_cfg(ckpt, test, tmp_path / "out"))
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("*")}
+    # Training went on and wrote a new last.ckpt under the same name.
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    first = next(k for k, v in state["state_dict"].items() if v.is_floating_point())
+    state["state_dict"][first] += 0.01
+    torch.save(state, ckpt)
+    with pytest.raises(InputError, match=r"different prediction run \(it differs in: model_sha256\)"):
+        predict(predict_cfg(ckpt, test, tmp_path / "out"))
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("*")} == before  # nothing lost
+
+
+def test_a_folder_written_before_the_model_was_recorded_still_resumes(trained, tmp_path):
+    ckpt, _ = trained
+    test = photos(tmp_path)
+    predict(predict_cfg(ckpt, test, tmp_path / "out"))
+    manifest = tmp_path / "out" / "predict.json"
+    record = json.loads(manifest.read_text())
+    del record["model_sha256"]
+    manifest.write_text(json.dumps(record))
+    assert predict(predict_cfg(ckpt, test, tmp_path / "out"))["predicted_now"] == 0
 
 
 def test_a_finished_run_rerun_does_nothing_new(trained, tmp_path):

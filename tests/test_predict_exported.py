@@ -25,7 +25,8 @@ def exported(trained, tmp_path_factory):
 
 def test_predict_runs_the_onnx_file_like_its_checkpoint(trained, exported, tmp_path):
     test = write_photos(tmp_path)
-    result = predict(predict_cfg(exported, test, tmp_path / "onnx", "masks=png"))
+    # precision=32 (Hydra reads it as a number) is what the exported file runs in anyway
+    result = predict(predict_cfg(exported, test, tmp_path / "onnx", "masks=png", "precision=32"))
     predict(predict_cfg(trained[0], test, tmp_path / "ckpt", "masks=none"))
     onnx_rows, ckpt_rows = submission_rows(tmp_path / "onnx"), submission_rows(tmp_path / "ckpt")
     assert result["images"] == 12 and [r[0] for r in onnx_rows] == [r[0] for r in ckpt_rows]
@@ -58,11 +59,13 @@ def test_a_file_that_is_not_a_carvana_seg_export_is_refused_by_name(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_a_foreign_graph_under_our_metadata_keys_is_refused_before_any_mask_is_written(exported, tmp_path):
+def foreign_graph(exported, path, photo_type: str):
+    """An ONNX file under our metadata keys whose graph halves the photo: not a carvana_seg export."""
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper
 
-    photo = helper.make_tensor_value_info("photo", TensorProto.UINT8, [1, 3, "h", "w"])
+    photo_proto = {"uint8": TensorProto.UINT8, "float": TensorProto.FLOAT}[photo_type]
+    photo = helper.make_tensor_value_info("photo", photo_proto, [1, 3, "h", "w"])
     half = helper.make_tensor_value_info("half", TensorProto.FLOAT, [1, 3, "h2", "w2"])
     graph = helper.make_graph(
         [
@@ -76,8 +79,19 @@ def test_a_foreign_graph_under_our_metadata_keys_is_refused_before_any_mask_is_w
     foreign = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     foreign.ir_version = 8
     helper.set_model_props(foreign, {p.key: p.value for p in onnx.load(exported).metadata_props})
-    path = tmp_path / "foreign.onnx"
     onnx.save(foreign, path)
+    return path
+
+
+def test_a_graph_that_takes_another_input_type_is_refused_before_the_output_folder(exported, tmp_path):
+    path = foreign_graph(exported, tmp_path / "floats.onnx", "float")
+    with pytest.raises(InputError, match=r"floats.onnx takes photo tensor\(float\).*not one uint8 photo"):
+        predict(predict_cfg(path, write_photos(tmp_path), tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_foreign_graph_under_our_metadata_keys_is_refused_before_any_mask_is_written(exported, tmp_path):
+    path = foreign_graph(exported, tmp_path / "foreign.onnx", "uint8")
     with pytest.raises(
         InputError, match=r"foreign.onnx returns a \(\d+, \d+\) map for the \(\d+, \d+\) photo"
     ):

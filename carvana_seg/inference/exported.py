@@ -56,9 +56,13 @@ class ExportedModel(pl.LightningModule):
             self.image_size = tuple(int(s) for s in json.loads(meta[SIZE_KEY]))
         except (ValueError, TypeError) as err:
             raise InputError(f"{path}: unreadable carvana_seg metadata {meta}: {err}") from err
-        inputs = [i.name for i in self.session.get_inputs()]
-        if inputs != ["photo"]:
-            raise InputError(f"{path} takes {inputs}, not one uint8 photo: not a carvana_seg export")
+        inputs = self.session.get_inputs()
+        ours = [i.name for i in inputs] == ["photo"] and inputs[0].type == "tensor(uint8)"
+        if not ours or len(inputs[0].shape) != 4:
+            taken = ", ".join(f"{i.name} {i.type} {i.shape}" for i in inputs)
+            raise InputError(
+                f"{path} takes {taken}, not one uint8 photo (1, 3, H, W): not a carvana_seg export"
+            )
         self.path = path
         self.predict_threshold: float | None = None
         self.postprocess: list[str] = []

@@ -51,13 +51,15 @@ def read_sample(sample: Path) -> list[str]:
     return names
 
 
-def list_images(input_path: str | Path, sample_submission: Path | None, masks: str = "gif") -> list[Path]:
+def list_images(
+    input_path: str | Path, sample_submission: Path | None, masks: str = "gif", overlays: bool = False
+) -> list[Path]:
     """The photos to predict, in the order of the submission: `input_path` is a folder of photos, one
     photo, or a glob pattern (`/data/test/0cdf*.jpg`); the order is the sample submission's when given
     (`input_path` then a folder), else by name.
 
     Hidden files (`._x.jpg`: macOS resource forks) are left out, as training leaves them out. Two
-    photos that would write the same mask file (`x.jpg` and `x.png`) are refused, naming both."""
+    photos that would write the same mask file or overlay (`x.jpg` and `x.png`) are refused, naming both."""
     text = str(input_path)
     pattern = any(char in text for char in "*?[")
     if pattern:
@@ -83,13 +85,15 @@ def list_images(input_path: str | Path, sample_submission: Path | None, masks: s
                 f"{len(missing)} photos listed in {sample_submission} are not in {text}, e.g. {missing[:5]}"
             )
         images = [found[name] for name in names]
-    if masks != "none":
+    written = [f"the mask {{}}_mask.{masks}"] if masks != "none" else []
+    written += ["the overlay overlays/{}.jpg"] if overlays else []
+    if written:
         by_stem: dict[str, Path] = {}
         for path in images:
             other = by_stem.setdefault(path.stem, path)
             if other != path:
                 raise InputError(
-                    f"{other} and {path} would both write the mask {path.stem}_mask.{masks}: "
+                    f"{other} and {path} would both write {written[0].format(path.stem)}: "
                     "rename or remove one of them"
                 )
     return images
@@ -118,23 +122,29 @@ def _photos_by_name(candidates: list[Path]) -> dict[str, Path]:
     return found
 
 
-def photo_problem(path: Path) -> str:
+def photo_problem(path: Path) -> tuple[str, tuple[int, int] | None]:
     """Why a photo cannot be used, from its header and its last bytes, or "" when it looks whole (a
-    photo cut short keeps a readable header; `check_complete` looks for the format's end marker)."""
+    photo cut short keeps a readable header; `check_complete` looks for the format's end marker); and
+    its (H, W) when the header is readable."""
     try:
-        image_size(path)
+        size = image_size(path)
+    except DataError as err:
+        return str(err), None
+    try:
         check_complete(path)
     except DataError as err:
-        return str(err)
-    return ""
+        return str(err), size
+    return "", size
 
 
-def check_headers(images: list[Path]) -> dict[str, str]:
-    """Check every photo (header and end) before the long work starts: {name: why} of the bad ones."""
+def check_headers(images: list[Path]) -> tuple[dict[str, str], dict[str, tuple[int, int]]]:
+    """Check every photo (header and end) before the long work starts: {name: why} of the bad ones, and
+    {name: (H, W)} of those whose header could be read."""
     problems: dict[str, str] = {}
+    sizes: dict[str, tuple[int, int]] = {}
     with ThreadPoolExecutor(max_workers=8) as pool:
         found = pool.map(photo_problem, images, chunksize=64)
-        for path, problem in tqdm(
+        for path, (problem, size) in tqdm(
             zip(images, found, strict=True),
             total=len(images),
             desc="check photos",
@@ -144,4 +154,6 @@ def check_headers(images: list[Path]) -> dict[str, str]:
         ):
             if problem:
                 problems[path.name] = problem
-    return problems
+            if size is not None:
+                sizes[path.name] = size
+    return problems, sizes

@@ -90,6 +90,9 @@ class Output:
         self.overlays = folder / OVERLAYS
         self.photos = list(photos)
         self.manifest = {**manifest, "images": len(self.photos), "photos": self.photos}
+        # Each photo's (H, W) by name, once predict has read the headers: a committed run-length that
+        # runs past its photo is then dropped like any malformed one. Unknown sizes skip that bound.
+        self.sizes: dict[str, tuple[int, int]] = {}
         self._held = contextlib.ExitStack()
 
     def check(self) -> None:
@@ -126,6 +129,8 @@ class Output:
         keys = set(previous) | set(self.manifest)
         if legacy:
             keys.discard("photos")
+        if "model_sha256" not in previous:  # written before the model's content was recorded
+            keys.discard("model_sha256")
         different = sorted(k for k in keys if previous.get(k) != self.manifest.get(k))
         if not different:
             return
@@ -204,7 +209,10 @@ class Output:
                 fsync_dir(self.parts)
                 continue
             # A run-length that is not one (edited, damaged: "a b", runs out of order) is not a mask.
-            malformed = rle.check_rows([row[1] if len(row) == 2 else "" for row in rows], [None] * len(rows))
+            malformed = rle.check_rows(
+                [row[1] if len(row) == 2 else "" for row in rows],
+                [self.sizes.get(row[0]) if row else None for row in rows],
+            )
             kept = []
             for index, row in enumerate(rows):
                 fits = done < len(self.photos) and len(row) == 2 and row[0] == self.photos[done]
@@ -250,7 +258,7 @@ class Output:
                     out.write(part.read_bytes())
                 out.flush()
                 os.fsync(out.fileno())
-            verify_submission(tmp, expected)
+            verify_submission(tmp, expected, [self.sizes.get(name) for name in expected])
             os.replace(tmp, final)
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -259,8 +267,11 @@ class Output:
         return final
 
 
-def verify_submission(path: Path, expected: list[str]) -> None:
-    """One row per expected image, in order: no duplicates, no gaps, well-formed run-lengths."""
+def verify_submission(
+    path: Path, expected: list[str], shapes: list[tuple[int, int] | None] | None = None
+) -> None:
+    """One row per expected image, in order: no duplicates, no gaps, well-formed run-lengths (each
+    within its photo where `shapes`, the photos' (H, W) in the same order, are given)."""
     with gzip.open(path, "rt", newline="") as handle:
         reader = csv.reader(handle)
         if next(reader, None) != ["img", "rle_mask"]:
@@ -273,7 +284,7 @@ def verify_submission(path: Path, expected: list[str]) -> None:
             texts.append(row[1])
     if count != len(expected):
         raise RuntimeError(f"{path}: {count} rows for {len(expected)} images")
-    malformed = rle.check_rows(texts, [None] * len(texts))
+    malformed = rle.check_rows(texts, shapes if shapes is not None else [None] * len(texts))
     if malformed:
         index, problem = next(iter(malformed.items()))
         raise RuntimeError(f"{path}: row {index + 1} ({expected[index]}): {problem}")

@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from carvana_seg import options
 from carvana_seg.config import CONF_DIR
 from carvana_seg.core.checkpoint import check_checkpoint
+from carvana_seg.core.precision import check_precision
 from carvana_seg.durable import atomic_write
 from carvana_seg.errors import InputError, exit_on_input_error
 from carvana_seg.tools.bench_loader import bench_loader
@@ -56,9 +57,34 @@ def check_options(cfg: DictConfig) -> torch.device:
         raise InputError(f"device must be auto, cpu or cuda, got {cfg.device!r}")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"device={cfg.device} but no CUDA GPU is visible")
-    if "predict" in sections and cfg.predict.ckpt_path:
+    chosen = torch.device("cuda" if torch.cuda.is_available() and device != "cpu" else "cpu")
+    if "predict" in sections:
+        _check_predict(cfg, chosen)
+    if cfg.output is not None:
+        _check_output(Path(str(cfg.output)))
+    return chosen
+
+
+def _check_predict(cfg: DictConfig, device: torch.device) -> None:
+    """The predict section's options, named as the benchmark's, before the sections that run first."""
+    for key in ("predict.images", "predict.batch_size", "predict.writer_threads"):
+        options.whole(cfg, key)
+    if cfg.predict.num_workers != "auto":
+        options.whole(cfg, "predict.num_workers", minimum=0)
+    options.flag(cfg, "predict.onnx")
+    key = f"predict.input_size.{device.type}"
+    options.pixel_size(OmegaConf.select(cfg, key), key)
+    check_precision(cfg.predict.precision, "predict.precision")
+    if cfg.predict.ckpt_path:
         check_checkpoint(cfg.predict.ckpt_path)
-    return torch.device("cuda" if torch.cuda.is_available() and device != "cpu" else "cpu")
+
+
+def _check_output(output: Path) -> None:
+    """`output` is the table's file; its rows go beside it (.jsonl, and .jsonl.partial while running)."""
+    if output.is_dir():
+        raise InputError(f"output={output} is a folder: give the table's file, e.g. {output / 'bench.md'}")
+    if output.suffix.lower() in (".jsonl", ".partial"):
+        raise InputError(f"output={output}: the table's file (.md); its rows are written beside it as .jsonl")
 
 
 def bench(cfg: DictConfig) -> list[dict]:

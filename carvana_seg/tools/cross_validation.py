@@ -160,6 +160,14 @@ def _check_options(overrides: Sequence[str]) -> None:
     autocast(pick_device(cfg.device), cfg.precision)
 
 
+def _check_out(out: Path) -> None:
+    """--out names the markdown file; its CSV goes beside it (same name, .csv), so the two must differ."""
+    if out.is_dir():
+        raise InputError(f"--out {out} is a folder: give the report's file, e.g. {out / MARKDOWN}")
+    if out.suffix.lower() == ".csv":
+        raise InputError(f"--out {out}: the markdown report's file (.md); its CSV is written beside it")
+
+
 def _check_trained(every: Sequence[Folds], ckpt: str) -> None:
     """A cross-validation none of whose jobs finished with a checkpoint stops before any evaluation."""
     for folds in every:
@@ -209,6 +217,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         folders, overrides = _targets(args.targets)
         if len(folders) > 1 and args.out is None:
             raise InputError("several sweep folders need --out FILE: where the report over them goes")
+        if args.out is not None:
+            _check_out(args.out)
         _check_options(overrides)
         every: list[Folds] = []
         for folder in folders:

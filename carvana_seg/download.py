@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
 import shutil
 import sys
@@ -176,10 +177,16 @@ def _fetch(api: KaggleApiLike, archive: Archive, out: Path, force: bool) -> None
         raise DownloadError(
             f"downloading {archive.name} failed: {err}. Run the same command again."
         ) from None
-    except OSError as err:  # kaggle writes the chunks itself: a full disk or a folder it may not write
+    except OSError as err:  # kaggle writes the chunks itself; requests' dropped connections are OSErrors too
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            todo = f"free space in {staging.parent} and run the same command again"
+        elif err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            todo = f"{staging} cannot be written: choose another --out"
+        else:
+            todo = "run the same command again"
         raise DownloadError(
-            f"downloading {archive.name} into {staging} failed: {err.strerror or err}. Free space (or "
-            "choose another --out) and run the same command again: the part already downloaded is kept"
+            f"downloading {archive.name} into {staging} failed: {err.strerror or err}; {todo} "
+            "(the part already downloaded is kept and resumed)"
         ) from None
     # kaggle names the local file after the download URL, which for these files is the requested name.
     # Kaggle 2.x documents that large non-zip files are served wrapped as <name>.zip; all of ours are zips

@@ -14,6 +14,7 @@ import csv
 import heapq
 import json
 import logging
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -326,28 +327,28 @@ def _stress(
 
 
 def _render_worst(ranked: list[dict[str, Any]], output_dir: Path) -> None:
-    if not ranked:
-        return
     folder = output_dir / "worst"
-    folder.mkdir(exist_ok=True)
     written = set()
-    with SummaryWriter(str(output_dir / "tensorboard")) as tensorboard:
-        for rank, entry in enumerate(ranked, start=1):
-            sample = entry["sample"]
-            photo = read_image(sample.image)
-            title = f"#{rank}  {sample.name}  dice {entry['dice']:.4f}"
-            panel = error_panel(photo, entry["pred"], entry["target"], title)
-            path = folder / f"{rank:02d}_{sample.image.stem}.png"
-            ok, png = cv2.imencode(".png", cv2.cvtColor(panel, cv2.COLOR_RGB2BGR))
-            if not ok:
-                raise RuntimeError(f"PNG encoding of the picture of {sample.name} failed")
-            atomic_write(path, png.tobytes())
-            written.add(path.name)
-            tensorboard.add_image(f"worst/{rank:02d}", panel, global_step=0, dataformats="HWC")
+    if ranked:
+        folder.mkdir(exist_ok=True)
+        with SummaryWriter(str(output_dir / "tensorboard")) as tensorboard:
+            for rank, entry in enumerate(ranked, start=1):
+                sample = entry["sample"]
+                photo = read_image(sample.image)
+                title = f"#{rank}  {sample.name}  dice {entry['dice']:.4f}"
+                panel = error_panel(photo, entry["pred"], entry["target"], title)
+                path = folder / f"{rank:02d}_{sample.image.stem}.png"
+                ok, png = cv2.imencode(".png", cv2.cvtColor(panel, cv2.COLOR_RGB2BGR))
+                if not ok:
+                    raise RuntimeError(f"PNG encoding of the picture of {sample.name} failed")
+                atomic_write(path, png.tobytes())
+                written.add(path.name)
+                tensorboard.add_image(f"worst/{rank:02d}", panel, global_step=0, dataformats="HWC")
     # An earlier evaluation into this folder ranked other photos: its pictures would pass for this one's.
-    for stale in folder.glob("[0-9][0-9]_*.png"):
-        if stale.name not in written:
-            stale.unlink()
+    if folder.is_dir():
+        for stale in folder.iterdir():
+            if re.fullmatch(r"\d{2,}_.+\.png", stale.name) and stale.name not in written:
+                stale.unlink()
 
 
 def _print_summary(summary: dict[str, Any], output_dir: Path) -> None:

@@ -167,9 +167,15 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         raise InputError(f"output {output} is a folder: name the model file, e.g. {output / 'model'}")
     if output == ckpt:
         raise InputError(f"output {output} is the checkpoint itself: name another file")
-    if kind == "onnx" and output.suffix.lower() != ".onnx":
-        # predict tells an exported model from a checkpoint by this suffix.
+    # predict tells an exported ONNX file from a checkpoint by this suffix alone.
+    onnx_name = output.suffix.lower() == ".onnx"
+    if kind == "onnx" and not onnx_name:
         raise InputError(f"output {output}: an ONNX file is named *.onnx, e.g. {output.with_suffix('.onnx')}")
+    if kind != "onnx" and onnx_name:
+        raise InputError(
+            f"output {output}: predict would read a *.onnx file as ONNX; name the {kind} file otherwise, "
+            f"e.g. {output.with_suffix(FORMATS[kind])}"
+        )
     module = SegmentationModule.load_from_checkpoint(ckpt)
     if size is None and module.run_config is None:
         raise InputError(f"{ckpt} does not say its input size: pass image_size=[H,W]")

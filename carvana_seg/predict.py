@@ -90,7 +90,13 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     device = pick_device(cfg.device)
     autocast(device, cfg.precision)  # a precision this device cannot run is named here, before any work
     ckpt_path = Path(cfg.ckpt_path).expanduser().resolve()
+    identity = _identity(ckpt_path)
     module, stored_threshold = _load(cfg, ckpt_path, device)
+    # The file's content goes into the folder's manifest, so that a checkpoint replaced in place (training
+    # went on) never finishes a submission its predecessor began; it must be the content just loaded.
+    model_sha256 = _sha256(ckpt_path)
+    if _identity(ckpt_path) != identity:
+        raise InputError(f"ckpt_path {ckpt_path} was replaced while it was read (is a run still writing it?)")
     if cfg.threshold is None:
         threshold = options.probability(stored_threshold, f"the threshold stored in {ckpt_path}")
     else:
@@ -105,9 +111,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         output_dir,
         {
             "ckpt_path": str(ckpt_path),
-            # The file's content, not only its name: a checkpoint replaced in place (training went on)
-            # must not finish a submission that its predecessor began.
-            "model_sha256": _sha256(ckpt_path),
+            "model_sha256": model_sha256,
             "input": input_text,
             "sample_submission": str(sample) if sample else None,
             "input_size": list(size),
@@ -139,6 +143,15 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     )
     print(json.dumps(result, indent=2))
     return result
+
+
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    """What changes when a file is replaced or rewritten (inode, size, modification time)."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
 def _sha256(path: Path) -> str:

@@ -72,9 +72,11 @@ def write_carvana(
     return root
 
 
-def write_photos(tmp_path: Path, cars: int = 3, views: int = 4, name: str = "test") -> Path:
-    """A folder of unlabelled 64x96 photos like Kaggle's test/, at tmp_path/name."""
-    data = write_carvana(tmp_path / f"{name}_data", cars=cars, views=views, size=(64, 96), seed=9)
+def write_photos(
+    tmp_path: Path, cars: int = 3, views: int = 4, name: str = "test", size: tuple[int, int] = (64, 96)
+) -> Path:
+    """A folder of unlabelled photos (64x96 unless `size`) like Kaggle's test/, at tmp_path/name."""
+    data = write_carvana(tmp_path / f"{name}_data", cars=cars, views=views, size=size, seed=9)
     shutil.rmtree(data / "train_masks")
     return (data / "train").rename(tmp_path / name)
 

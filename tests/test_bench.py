@@ -67,7 +67,7 @@ def test_bench_prints_every_section_of_one_table(carvana_dir, tmp_path, capsys):
 )
 def test_a_bad_option_is_named_before_any_section_runs(tmp_path, override, message):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("bench", overrides=[f"output={tmp_path / 'table.md'}", override])
+        cfg = compose("bench", overrides=[f"output={tmp_path / 'table.md'}", "device=cpu", override])
     with pytest.raises(InputError, match=message):
         bench(cfg)
     assert not list(tmp_path.iterdir())

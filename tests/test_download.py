@@ -122,12 +122,14 @@ class FakeKaggleApi:
         files: dict[str, bytes],
         damaged: dict[str, int] | None = None,
         killed: set[str] | None = None,
+        full_disk: set[str] | None = None,
         fail_list: BaseException | None = None,
         fail_download: BaseException | None = None,
     ) -> None:
         self.files = files
         self.damaged = dict(damaged or {})  # file name -> how many damaged copies to serve first
         self.killed = set(killed or ())  # file names whose first download dies half-way, like a killed run
+        self.full_disk = set(full_disk or ())  # file names whose first download fills the disk half-way
         self.fail_list = fail_list
         self.fail_download = fail_download
         self.listed = 0
@@ -160,6 +162,10 @@ class FakeKaggleApi:
             self.killed.discard(file_name)
             target.write_bytes(data[: len(data) // 2])
             raise KeyboardInterrupt  # the user pressed Ctrl-C mid-download
+        if file_name in self.full_disk:
+            self.full_disk.discard(file_name)
+            target.write_bytes(data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")  # kaggle writes the chunks itself
         if self.damaged.get(file_name, 0) > 0:
             self.damaged[file_name] -= 1
             data = _damage(data)
@@ -453,14 +459,17 @@ def test_api_failures_stop_before_writing(
     assert not out.exists()
 
 
-def test_a_full_disk_mid_download_is_named_with_what_to_do(
+def test_a_full_disk_mid_download_is_named_with_what_to_do_and_the_part_kept(
     tmp_path: Path, competition_files: dict[str, bytes]
 ) -> None:
     out = tmp_path / "data"
-    api = FakeKaggleApi(competition_files, fail_download=OSError(errno.ENOSPC, "No space left on device"))
+    name = next(iter(competition_files))
+    api = FakeKaggleApi(competition_files, full_disk={name})
 
-    with pytest.raises(DownloadError, match=r"No space left on device.*run the same command again"):
+    with pytest.raises(DownloadError, match=rf"{name} into .*No space left on device; free space in {out}"):
         dl.download(out, api=api, expected_counts=SMALL)
+    part = out / dl.STAGING_DIR / name
+    assert part.read_bytes() == competition_files[name][: len(competition_files[name]) // 2]
 
 
 def test_help_says_hq_is_in_addition(capsys: pytest.CaptureFixture[str]) -> None:

@@ -105,6 +105,8 @@ def test_worst_k_are_rendered_worst_first_and_logged_to_tensorboard(trained, tmp
     summary = evaluate(eval_cfg(tmp_path, ckpt, "worst_k=1"))
     left = [p.name for p in (tmp_path / "eval" / "worst").glob("*.png")]
     assert left == [f"01_{Path(summary['worst'][0]['img']).stem}.png"]
+    evaluate(eval_cfg(tmp_path, ckpt, "worst_k=0"))  # no pictures asked for: none left from before
+    assert not list((tmp_path / "eval" / "worst").glob("*.png"))
 
 
 def test_error_panel_paints_false_positives_and_negatives_and_zooms_on_the_largest():

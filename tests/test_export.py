@@ -107,6 +107,7 @@ def test_an_smp_network_exports_to_onnx(tmp_path):
         (["ckpt_path=/nonexistent/best.ckpt"], "ckpt_path /nonexistent/best.ckpt does not exist"),
         # predict would read model.bin as a checkpoint and call it cut short
         (["output=model.bin"], "an ONNX file is named *.onnx, e.g."),
+        (["format=torchscript", "output=model.onnx"], "predict would read a *.onnx file as ONNX"),
     ],
 )
 def test_bad_options_exit_2_naming_them(trained, tmp_path, caplog, overrides, message):

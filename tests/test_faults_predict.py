@@ -252,10 +252,12 @@ def test_a_photo_added_or_removed_after_a_run_is_refused_naming_it(trained, tmp_
 # A folder left inconsistent by the version before this one is repaired, not refused forever.
 
 
-def clean_run_and_a_copy_of_its_masks(ckpt: Path, tmp_path: Path, copy: str) -> tuple[Path, list, Path]:
-    """12 photos predicted into `clean`: (photo folder, its rows, folder `copy` holding only its masks
-    and an empty .parts/, for a test to fill as some earlier run left it)."""
-    test = photos(tmp_path)
+def clean_run_and_a_copy_of_its_masks(
+    ckpt: Path, tmp_path: Path, copy: str, size: tuple[int, int] = (64, 96)
+) -> tuple[Path, list, Path]:
+    """12 photos (`size`) predicted into `clean`: (photo folder, its rows, folder `copy` holding only its
+    masks and an empty .parts/, for a test to fill as some earlier run left it)."""
+    test = photos(tmp_path, size=size)
     clean = tmp_path / "clean"
     predict(predict_cfg(ckpt, test, clean))
     shutil.copytree(clean / "masks", tmp_path / copy / "masks")
@@ -311,8 +313,8 @@ def test_a_committed_row_longer_than_csvs_default_field_limit_is_kept_and_submit
     # A noisy mask's row (here 28,800 runs, 250,000 characters) once failed csv's 131,072-character
     # limit: its part was dropped and predicted again on every rerun, and the submission never passed.
     ckpt, _ = trained
-    test, good, noisy = clean_run_and_a_copy_of_its_masks(ckpt, tmp_path, "noisy")
-    striped = np.zeros((120, 480), np.uint8)
+    test, good, noisy = clean_run_and_a_copy_of_its_masks(ckpt, tmp_path, "noisy", size=(120, 480))
+    striped = np.zeros((120, 480), np.uint8)  # within its photo: every other pixel
     striped[:, ::2] = 1
     rows = [list(row) for row in good[:8]]
     rows[5][1] = rle.encode(striped)

@@ -185,6 +185,26 @@ def test_a_checkpoint_replaced_in_place_does_not_finish_its_predecessors_run(tra
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("*")} == before  # nothing lost
 
 
+def test_a_checkpoint_replaced_while_predict_reads_it_is_refused(trained, tmp_path, monkeypatch):
+    import carvana_seg.predict as command
+
+    ckpt = tmp_path / "last.ckpt"
+    shutil.copy(trained[0], ckpt)
+    load = command._load
+
+    def load_then_a_run_saves(*args, **kwargs):  # a training run renames its new last.ckpt into place
+        loaded = load(*args, **kwargs)
+        newer = tmp_path / "newer.ckpt"
+        newer.write_bytes(trained[0].read_bytes())
+        os.replace(newer, ckpt)
+        return loaded
+
+    monkeypatch.setattr(command, "_load", load_then_a_run_saves)
+    with pytest.raises(InputError, match="was replaced while it was read"):
+        predict(predict_cfg(ckpt, photos(tmp_path), tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_folder_written_before_the_model_was_recorded_still_resumes(trained, tmp_path):
     ckpt, _ = trained
     test = photos(tmp_path)

@@ -4,6 +4,8 @@ exported model cannot honour, and files that are not carvana_seg exports, are re
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -59,23 +61,21 @@ def test_a_file_that_is_not_a_carvana_seg_export_is_refused_by_name(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def foreign_graph(exported, path, photo_type: str):
-    """An ONNX file under our metadata keys whose graph halves the photo: not a carvana_seg export."""
+def foreign_graph(exported, path, photo_type: str, rank: int = 4):
+    """An ONNX file under our metadata keys whose graph halves the photo (of rank 4; of another rank it
+    only casts it to floats): not a carvana_seg export."""
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper
 
     photo_proto = {"uint8": TensorProto.UINT8, "float": TensorProto.FLOAT}[photo_type]
-    photo = helper.make_tensor_value_info("photo", photo_proto, [1, 3, "h", "w"])
-    half = helper.make_tensor_value_info("half", TensorProto.FLOAT, [1, 3, "h2", "w2"])
-    graph = helper.make_graph(
-        [
-            helper.make_node("Cast", ["photo"], ["light"], to=TensorProto.FLOAT),
-            helper.make_node("MaxPool", ["light"], ["half"], kernel_shape=[2, 2], strides=[2, 2]),
-        ],
-        "half_size",
-        [photo],
-        [half],
-    )
+    shape = [1, 3, "h", "w"][4 - rank :]
+    photo = helper.make_tensor_value_info("photo", photo_proto, shape)
+    nodes = [helper.make_node("Cast", ["photo"], ["light" if rank == 4 else "half"], to=TensorProto.FLOAT)]
+    if rank == 4:
+        nodes.append(helper.make_node("MaxPool", ["light"], ["half"], kernel_shape=[2, 2], strides=[2, 2]))
+    out_shape = [1, 3, "h2", "w2"] if rank == 4 else shape
+    half = helper.make_tensor_value_info("half", TensorProto.FLOAT, out_shape)
+    graph = helper.make_graph(nodes, "half_size", [photo], [half])
     foreign = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     foreign.ir_version = 8
     helper.set_model_props(foreign, {p.key: p.value for p in onnx.load(exported).metadata_props})
@@ -83,9 +83,16 @@ def foreign_graph(exported, path, photo_type: str):
     return path
 
 
-def test_a_graph_that_takes_another_input_type_is_refused_before_the_output_folder(exported, tmp_path):
-    path = foreign_graph(exported, tmp_path / "floats.onnx", "float")
-    with pytest.raises(InputError, match=r"floats.onnx takes photo tensor\(float\).*not one uint8 photo"):
+@pytest.mark.parametrize(
+    ("photo_type", "rank", "taken"), [("float", 4, "tensor(float)"), ("uint8", 3, "[3, 'h', 'w']")]
+)
+def test_a_graph_that_takes_another_input_is_refused_before_the_output_folder(
+    exported, tmp_path, photo_type, rank, taken
+):
+    path = foreign_graph(exported, tmp_path / "other.onnx", photo_type, rank)
+    with pytest.raises(
+        InputError, match=rf"other.onnx takes photo .*{re.escape(taken)}.*not one uint8 photo"
+    ):
         predict(predict_cfg(path, write_photos(tmp_path), tmp_path / "out"))
     assert not (tmp_path / "out").exists()
 

@@ -157,12 +157,9 @@ def _install(
 def _fetch(api: KaggleApiLike, archive: Archive, out: Path, force: bool) -> None:
     """Download `archive` to out/<name>; the final name appears only once kaggle returned."""
     staging = out / STAGING_DIR
-    try:
-        staging.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise DownloadError(f"cannot create {staging}: {err.strerror or err}; choose another --out") from None
     print(f"{archive.name}: downloading from Kaggle", flush=True)
     try:
+        staging.mkdir(parents=True, exist_ok=True)
         # force=False lets kaggle resume a partial file that a killed run left in the staging folder.
         call_api(
             archive.name,

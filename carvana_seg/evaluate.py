@@ -328,27 +328,32 @@ def _stress(
 
 def _render_worst(ranked: list[dict[str, Any]], output_dir: Path) -> None:
     folder = output_dir / "worst"
-    written = set()
-    if ranked:
-        folder.mkdir(exist_ok=True)
-        with SummaryWriter(str(output_dir / "tensorboard")) as tensorboard:
-            for rank, entry in enumerate(ranked, start=1):
-                sample = entry["sample"]
-                photo = read_image(sample.image)
-                title = f"#{rank}  {sample.name}  dice {entry['dice']:.4f}"
-                panel = error_panel(photo, entry["pred"], entry["target"], title)
-                path = folder / f"{rank:02d}_{sample.image.stem}.png"
-                ok, png = cv2.imencode(".png", cv2.cvtColor(panel, cv2.COLOR_RGB2BGR))
-                if not ok:
-                    raise RuntimeError(f"PNG encoding of the picture of {sample.name} failed")
-                atomic_write(path, png.tobytes())
-                written.add(path.name)
-                tensorboard.add_image(f"worst/{rank:02d}", panel, global_step=0, dataformats="HWC")
+    written = _draw_worst(ranked, folder, output_dir / "tensorboard") if ranked else set()
     # An earlier evaluation into this folder ranked other photos: its pictures would pass for this one's.
     if folder.is_dir():
         for stale in folder.iterdir():
             if re.fullmatch(r"\d{2,}_.+\.png", stale.name) and stale.name not in written:
                 stale.unlink()
+
+
+def _draw_worst(ranked: list[dict[str, Any]], folder: Path, tensorboard_dir: Path) -> set[str]:
+    """Each ranked photo's error picture into `folder` and TensorBoard; the names of the files written."""
+    folder.mkdir(exist_ok=True)
+    written = set()
+    with SummaryWriter(str(tensorboard_dir)) as tensorboard:
+        for rank, entry in enumerate(ranked, start=1):
+            sample = entry["sample"]
+            photo = read_image(sample.image)
+            title = f"#{rank}  {sample.name}  dice {entry['dice']:.4f}"
+            panel = error_panel(photo, entry["pred"], entry["target"], title)
+            path = folder / f"{rank:02d}_{sample.image.stem}.png"
+            ok, png = cv2.imencode(".png", cv2.cvtColor(panel, cv2.COLOR_RGB2BGR))
+            if not ok:
+                raise RuntimeError(f"PNG encoding of the picture of {sample.name} failed")
+            atomic_write(path, png.tobytes())
+            written.add(path.name)
+            tensorboard.add_image(f"worst/{rank:02d}", panel, global_step=0, dataformats="HWC")
+    return written
 
 
 def _print_summary(summary: dict[str, Any], output_dir: Path) -> None:

@@ -1,8 +1,11 @@
-"""Checks of the options the commands share (evaluate, predict, export): each refuses a bad value with
-an InputError that names the option, before the command loads a checkpoint or reads a photo."""
+"""Checks of the options the commands and tools share (evaluate, predict, export, the benchmark, the
+cross-validation report): each refuses a bad value with an InputError that names the option, before
+the command loads a checkpoint or reads a photo."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -55,3 +58,15 @@ def pixel_size(value: Any, key: str, wanted: str = "[H, W]") -> tuple[int, int]:
     ):
         raise InputError(f"{key} must be {wanted} in whole pixels >= 1, got {value!r}")
     return int(value[0]), int(value[1])
+
+
+def report_file(path: Path, named: str, beside: Sequence[str]) -> Path:
+    """`path`, a report's markdown file whose companions are written beside it under the same name with
+    the suffixes `beside` (.csv, .jsonl): a folder, or a name one of them would take, is refused."""
+    if path.is_dir():
+        raise InputError(f"{named} is a folder: give the report's file, e.g. {path / 'report.md'}")
+    if path.suffix.lower() in beside:
+        raise InputError(
+            f"{named}: the markdown report's file (.md); its {path.suffix} companion is written beside it"
+        )
+    return path

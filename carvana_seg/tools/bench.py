@@ -60,8 +60,8 @@ def check_options(cfg: DictConfig) -> torch.device:
     chosen = torch.device("cuda" if torch.cuda.is_available() and device != "cpu" else "cpu")
     if "predict" in sections:
         _check_predict(cfg, chosen)
-    if cfg.output is not None:
-        _check_output(Path(str(cfg.output)))
+    if cfg.output is not None:  # the table; its rows go beside it (.jsonl, .jsonl.partial while running)
+        options.report_file(Path(str(cfg.output)), f"output={cfg.output}", (".jsonl", ".partial"))
     return chosen
 
 
@@ -77,14 +77,6 @@ def _check_predict(cfg: DictConfig, device: torch.device) -> None:
     check_precision(cfg.predict.precision, "predict.precision")
     if cfg.predict.ckpt_path:
         check_checkpoint(cfg.predict.ckpt_path)
-
-
-def _check_output(output: Path) -> None:
-    """`output` is the table's file; its rows go beside it (.jsonl, and .jsonl.partial while running)."""
-    if output.is_dir():
-        raise InputError(f"output={output} is a folder: give the table's file, e.g. {output / 'bench.md'}")
-    if output.suffix.lower() in (".jsonl", ".partial"):
-        raise InputError(f"output={output}: the table's file (.md); its rows are written beside it as .jsonl")
 
 
 def bench(cfg: DictConfig) -> list[dict]:

@@ -35,6 +35,7 @@ from typing import Any
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
+from carvana_seg import options
 from carvana_seg.config import compose
 from carvana_seg.data.layout import car_folds
 from carvana_seg.errors import InputError
@@ -160,14 +161,6 @@ def _check_options(overrides: Sequence[str]) -> None:
     autocast(pick_device(cfg.device), cfg.precision)
 
 
-def _check_out(out: Path) -> None:
-    """--out names the markdown file; its CSV goes beside it (same name, .csv), so the two must differ."""
-    if out.is_dir():
-        raise InputError(f"--out {out} is a folder: give the report's file, e.g. {out / MARKDOWN}")
-    if out.suffix.lower() == ".csv":
-        raise InputError(f"--out {out}: the markdown report's file (.md); its CSV is written beside it")
-
-
 def _check_trained(every: Sequence[Folds], ckpt: str) -> None:
     """A cross-validation none of whose jobs finished with a checkpoint stops before any evaluation."""
     for folds in every:
@@ -178,12 +171,16 @@ def _check_trained(every: Sequence[Folds], ckpt: str) -> None:
             raise InputError(f"{folds.name}: no job finished with checkpoints/{ckpt}.ckpt: nothing to score")
 
 
+def _scored(report: Report) -> bool:
+    return any(result.photos for result in report.results)
+
+
 def _unscored(reports: Sequence[Report]) -> str:
     """The cross-validations no fold of which could be scored, with each job's reason ('' when none)."""
     return "; ".join(
         f"{report.name} ({', '.join(f'job {r.job}: {r.error}' for r in report.results if r.error)})"
         for report in reports
-        if not any(result.photos for result in report.results)
+        if not _scored(report)
     )
 
 
@@ -217,8 +214,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         folders, overrides = _targets(args.targets)
         if len(folders) > 1 and args.out is None:
             raise InputError("several sweep folders need --out FILE: where the report over them goes")
-        if args.out is not None:
-            _check_out(args.out)
+        if args.out is not None:  # the markdown; its CSV goes beside it
+            options.report_file(args.out, f"--out {args.out}", (".csv",))
         _check_options(overrides)
         every: list[Folds] = []
         for folder in folders:
@@ -236,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         markdown = write_report(reports[0], out)
     else:
         for report in reports:  # each repeat's own report beside its jobs
-            if any(result.photos for result in report.results):
+            if _scored(report):
                 write_report(report, report_path(report))
         if unscored:
             print(f"error: no fold scored, so no report written for {unscored}", file=sys.stderr)

@@ -4,8 +4,9 @@
 The exported model takes a uint8 RGB photo (1, 3, H, W) of any size and returns the car probability
 (1, 1, H, W) at that size: the area resize to the run's input size, the normalisation, the network and
 the bilinear resize of its logits back to the photo's size are all inside the graph, so a deployment
-needs no Python preprocessing. Pixels with probability > the run's threshold (in the file's metadata,
-0.5 unless trained otherwise) are car.
+needs no Python preprocessing; with `tta_hflip` (the default, as in predict and evaluate) the network
+also runs on the mirrored photo and the two probabilities are averaged, as `predict` does. Pixels with
+probability > the run's threshold (in the file's metadata, 0.5 unless trained otherwise) are car.
 
 The area resize is cv2's INTER_AREA (the Python path's) computed from cumulative sums, exported as
 ordinary tensor operations (ONNX has no area resize; torch's area mode exports fixed to the example's
@@ -36,7 +37,7 @@ from carvana_seg import options
 from carvana_seg.config import CONF_DIR
 from carvana_seg.core.module import SegmentationModule
 from carvana_seg.errors import InputError, exit_on_input_error
-from carvana_seg.inference.exported import SIZE_KEY, THRESHOLD_KEY
+from carvana_seg.inference.exported import SIZE_KEY, THRESHOLD_KEY, TTA_KEY
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +68,13 @@ def area_axis(x: Tensor, size: int, dim: int) -> Tensor:
 class PhotoModel(nn.Module):
     """uint8 photos (1, 3, H, W) of any size to car probabilities (1, 1, H, W): the exported graph."""
 
-    def __init__(self, module: SegmentationModule, image_size: tuple[int, int]) -> None:
+    def __init__(
+        self, module: SegmentationModule, image_size: tuple[int, int], tta_hflip: bool = False
+    ) -> None:
         super().__init__()
         self.net = module.net
         self.height, self.width = int(image_size[0]), int(image_size[1])
+        self.tta_hflip = tta_hflip
         self.register_buffer("mean", module.mean.detach().clone())
         self.register_buffer("std", module.std.detach().clone())
 
@@ -78,7 +82,11 @@ class PhotoModel(nn.Module):
         height, width = photo.shape[-2], photo.shape[-1]
         # Width first: the long side shrinks before the second pass reads it.
         small = area_axis(area_axis(photo.float(), self.width, 3), self.height, 2)
-        logits = self.net((small - self.mean) / self.std)
+        normalised = (small - self.mean) / self.std
+        logits = self.net(normalised)
+        if self.tta_hflip:  # SegmentationModule.predict_logits' average, so that the masks are predict's
+            mirrored = self.net(normalised.flip(-1)).flip(-1)
+            logits = torch.logit((torch.sigmoid(logits) + torch.sigmoid(mirrored)) / 2, eps=1e-7)
         logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
         return torch.sigmoid(logits)
 
@@ -154,6 +162,7 @@ def check_options(cfg: DictConfig) -> tuple[str, Path, tuple[int, int] | None]:
         raise InputError(f"format must be one of {', '.join(FORMATS)}, got {cfg.format!r}")
     size = options.image_size(cfg.image_size, "image_size")
     options.flag(cfg, "verify")
+    options.flag(cfg, "tta_hflip")
     return cfg.format, Path(cfg.ckpt_path).expanduser().resolve(), size
 
 
@@ -186,10 +195,11 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         "carvana_seg.checkpoint": str(ckpt),
         SIZE_KEY: json.dumps(list(size)),
         THRESHOLD_KEY: str(threshold),
+        TTA_KEY: json.dumps(bool(cfg.tta_hflip)),
         "carvana_seg.input": "uint8 RGB photo (1, 3, H, W), any H and W",
         "carvana_seg.output": "car probability (1, 1, H, W)",
     }
-    model = PhotoModel(module, size).eval()
+    model = PhotoModel(module, size, cfg.tta_hflip).eval()
     partial = output.with_name(output.name + ".partial")  # a file cut short never takes the name
     try:
         (export_onnx if kind == "onnx" else export_torchscript)(model, partial, metadata)
@@ -198,9 +208,10 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         partial.unlink(missing_ok=True)  # an export that failed leaves nothing behind
     result: dict[str, Any] = {"output": str(output), "format": kind, "image_size": list(size)}
     result["threshold"] = threshold
+    result["tta_hflip"] = bool(cfg.tta_hflip)
     if cfg.verify:
         photo = np.random.default_rng(0).integers(0, 256, (1, 3, *EXAMPLE_SIZE), dtype=np.uint8)
-        reference = PhotoModel(module, size).eval()  # export_torchscript replaced `model.net`
+        reference = PhotoModel(module, size, cfg.tta_hflip).eval()  # export_torchscript replaced `model.net`
         result.update(compare(reference, load_exported(output, kind), photo, threshold))
     result["seconds"] = round(time.perf_counter() - started, 2)
     log.info("exported %s to %s", ckpt, output)

@@ -70,6 +70,7 @@ def check_options(cfg: DictConfig) -> None:
     if isinstance(wait, bool) or not isinstance(wait, int | float) or not wait >= 0:
         raise InputError(f"lock_wait must be a number of seconds >= 0, got {wait!r}")
     check_precision(cfg.precision, "precision")
+    check_steps(cfg.postprocess)
 
 
 def predict(cfg: DictConfig) -> dict[str, Any]:
@@ -170,7 +171,6 @@ def _load(cfg: DictConfig, path: Path, device: torch.device) -> tuple[pl.Lightni
         return module, module.hparams.threshold
     # ONNX Runtime runs the file on the CPU: device=auto takes the CPU, an explicit GPU is refused.
     fixed = {
-        "tta_hflip": cfg.tta_hflip,
         "data.image_size": cfg.data.image_size,
         "device": str(cfg.device).startswith("cuda"),
         "precision": str(cfg.precision) not in ("auto", "32", "32-true"),
@@ -183,6 +183,12 @@ def _load(cfg: DictConfig, path: Path, device: torch.device) -> tuple[pl.Lightni
     if not path.is_file():
         raise InputError(f"ckpt_path {path} does not exist")
     module = ExportedModel(path, threads=0)
+    if bool(cfg.tta_hflip) != module.tta_hflip:  # flip TTA is inside the file's graph, or not
+        asked, done = str(bool(cfg.tta_hflip)).lower(), str(module.tta_hflip).lower()
+        raise InputError(
+            f"tta_hflip={asked}, but {path} was exported with tta_hflip={done}: pass tta_hflip={done}, "
+            f"or export it again with tta_hflip={asked}"
+        )
     return module, module.threshold
 
 

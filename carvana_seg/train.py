@@ -9,6 +9,8 @@ import json
 import logging
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +18,10 @@ import hydra
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning_fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
@@ -37,6 +41,8 @@ log = logging.getLogger(__name__)
 
 MAX_SEED = 2**32 - 1  # Lightning's seed_everything, and numpy behind it, take 0 to 2**32 - 1
 LIGHTNING_ONLY_PRECISIONS = ("transformer-engine", "transformer-engine-float16")  # training only
+# What a finished or interrupted run leaves in its folder: a fresh run there would mix its files with them.
+RUN_OUTPUTS = ("checkpoints/*.ckpt", "metrics.json")
 
 
 @rank_zero_only
@@ -82,6 +88,57 @@ def check_run(cfg: DictConfig) -> None:
     )
 
 
+def check_trainer(cfg: DictConfig) -> None:
+    """Build a bare Trainer of the configured options (no callbacks, loggers or checkpoints) and drop it:
+    Lightning's own checks (trainer.max_epochs=-5, devices=0, max_time=abc) then stop the run before the
+    data set-up, naming the option, instead of after the cache is built and split.json written. Options
+    Lightning accepts but that train nothing are refused here too."""
+    for key in ("max_epochs", "max_steps", "limit_train_batches"):
+        value = cfg.trainer.get(key)
+        if value is not None and not isinstance(value, bool) and value == 0:
+            raise InputError(f"trainer.{key}=0 trains nothing: leave it out or give a positive value")
+    if cfg.trainer.get("check_val_every_n_epoch") is not None:  # 0 divides by zero once fit has started
+        options.whole(cfg, "trainer.check_val_every_n_epoch")
+    precision = resolve_precision(cfg.trainer.get("precision"), cfg.trainer.get("accelerator", "auto"))
+    try:
+        with _quiet_lightning():
+            instantiate(
+                cfg.trainer, callbacks=[], logger=False, enable_checkpointing=False, precision=precision
+            )
+    except InstantiationException as err:
+        cause = err.__cause__
+        if not isinstance(cause, MisconfigurationException | ValueError | TypeError):
+            raise
+        raise InputError(f"trainer: {cause}") from err
+
+
+@contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    """Without Lightning's device lines ("GPU available: ..."): the real Trainer prints them once."""
+    logger = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def check_output_dir(output_dir: Path) -> None:
+    """A fresh run (no ckpt_path) into a folder that already holds a run is refused before anything is
+    written: its split.json would describe the old checkpoints, and its checkpoints would sit beside them
+    as best-v1.ckpt."""
+    found = sorted(
+        str(path.relative_to(output_dir)) for pattern in RUN_OUTPUTS for path in output_dir.glob(pattern)
+    )
+    if found:
+        raise InputError(
+            f"{output_dir} already holds a run ({', '.join(found[:4])}): resume it with "
+            f"ckpt_path={output_dir / 'checkpoints' / 'last.ckpt'}, or train into another folder "
+            "(hydra.run.dir=...)"
+        )
+
+
 def container(config: DictConfig) -> dict[str, Any]:
     """A config group as the plain, resolved mapping a checkpoint stores."""
     return OmegaConf.to_container(config, resolve=True)  # type: ignore[return-value]
@@ -103,8 +160,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         ckpt_path = str(check_checkpoint(ckpt_path))
         saved = saved_hyperparameters(ckpt_path)
         check_resumed_network(ckpt_path, saved, container(cfg.model), container(cfg.loss))
+    else:
+        check_output_dir(output_dir)
     check_optimizer(cfg)
     check_run(cfg)
+    check_trainer(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     distributed.share_machine(cfg.get("torch_threads"))  # sweep jobs side by side: each to its share
     if uses_cuda(cfg.trainer.get("accelerator", "auto")):
@@ -162,12 +222,19 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         wall_time_s=round(time.perf_counter() - started, 2),
     )
     write_json(output_dir / "metrics.json", metrics)
-    log.info(
-        "val/dice %.4f (best %.4f), wall time %.1f s",
-        metrics.get("val/dice") or 0.0,
-        metrics.get("val/dice_best") or 0.0,
-        metrics["wall_time_s"],
-    )
+    if metrics.get("val/dice") is None:  # no validation cars (data.val_fraction=0), or no batch of them ran
+        log.info(
+            "no validation score (no validation cars): last checkpoint %s, wall time %.1f s",
+            metrics["last_checkpoint"],
+            metrics["wall_time_s"],
+        )
+    else:
+        log.info(
+            "val/dice %.4f (best %.4f), wall time %.1f s",
+            metrics["val/dice"],
+            metrics.get("val/dice_best") or metrics["val/dice"],
+            metrics["wall_time_s"],
+        )
     return metrics
 
 

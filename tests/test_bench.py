@@ -45,6 +45,7 @@ def test_bench_prints_every_section_of_one_table(carvana_dir, tmp_path, capsys):
         "full interpolation" in r["what"] for r in measured
     )
     assert any("ONNX Runtime" in r["what"] for r in measured)
+    assert any("without flip TTA" in r["what"] for r in measured)  # the cost of predict's second pass
     table = (tmp_path / "bench" / "table.md").read_text()
     assert table in capsys.readouterr().out and table.count("\n| ") == len(rows) + 1
 

@@ -189,7 +189,7 @@ def test_a_multirun_over_three_folds_and_its_full_size_report(tmp_path: Path, ca
         ("threshold=1.5", "threshold must be a probability strictly between 0 and 1, got 1.5"),
         ("precision=fp32", "precision must be one of"),
         ("split=all", "split=all: cross-validation sets split itself"),
-        ("tta_hflip=true", "cross-validation sets tta_hflip itself (--tta)"),
+        ("tta_hflip=false", "cross-validation sets tta_hflip itself (--no-tta)"),
         (f"data.root={tmp_path / 'empty'}", f"no report written for {sweep} (job 0: evaluate:"),
     ]:
         assert cross_validation_main([str(sweep), *evaluate_options, option]) == 2, option

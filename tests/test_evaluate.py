@@ -44,14 +44,15 @@ def test_scores_are_computed_at_the_photos_full_size(trained, tmp_path):
     assert summary["split"] == "val" and summary["images"] == 8  # 2 of 4 cars, 4 views each
     rows = list(csv.DictReader((tmp_path / "eval" / "per_image.csv").open()))
     assert len(rows) == 8
-    # Recompute one image by hand: logits at 32x48 -> bilinear to 64x96 -> threshold -> the largest piece
-    # (the default clean-up) -> dice.
+    # Recompute one image by hand: logits at 32x48 (of the photo and its mirror image: flip TTA, the
+    # default) -> bilinear to 64x96 -> threshold -> the largest piece (the default clean-up) -> dice.
+    assert summary["tta_hflip"] is True
     module = SegmentationModule.load_from_checkpoint(ckpt)
     row = rows[0]
     photo = torch.from_numpy(read_image(data / "train" / row["img"], (32, 48)).transpose(2, 0, 1).copy())[
         None
     ]
-    logits = to_full_size(module.predict_logits(photo), (64, 96))
+    logits = to_full_size(module.predict_logits(photo, tta_hflip=True), (64, 96))
     target = torch.from_numpy(read_mask(data / "train_masks" / row["img"].replace(".jpg", "_mask.gif")))[
         None, None
     ]
@@ -80,7 +81,7 @@ def test_nearest_upsampling_scores_the_upscaled_binary_mask(trained, tmp_path):
     module = SegmentationModule.load_from_checkpoint(ckpt)
     row = next(csv.DictReader((tmp_path / "eval" / "per_image.csv").open()))
     photo = torch.from_numpy(read_image(data / "train" / row["img"], (32, 48)).transpose(2, 0, 1).copy())
-    small_mask = (module.predict_logits(photo[None]) > 0).float()
+    small_mask = (module.predict_logits(photo[None], tta_hflip=True) > 0).float()
     upscaled = torch.nn.functional.interpolate(small_mask, size=(64, 96), mode="nearest-exact").bool()
     target = read_mask(data / "train_masks" / row["img"].replace(".jpg", "_mask.gif"))
     expected = per_image_scores(upscaled, torch.from_numpy(target)[None, None].bool())["dice"].item()

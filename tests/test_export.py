@@ -61,7 +61,8 @@ def test_onnx_model_agrees_with_pytorch_on_full_size_photos(trained, tmp_path):
     graph = onnx.load(str(tmp_path / "car.onnx"))
     props = {p.key: p.value for p in graph.metadata_props}
     assert json.loads(props["carvana_seg.image_size"]) == [32, 48] and props["carvana_seg.threshold"] == "0.5"
-    model = PhotoModel(SegmentationModule.load_from_checkpoint(trained[0]), (32, 48)).eval()
+    assert props["carvana_seg.tta_hflip"] == "true"  # flip TTA inside, as predict's default
+    model = PhotoModel(SegmentationModule.load_from_checkpoint(trained[0]), (32, 48), tta_hflip=True).eval()
     session = load_exported(tmp_path / "car.onnx", "onnx")
     for photo in [*photos(), *photos(1, (641, 957))]:  # any size: the graph's H and W are free
         found = agreement(model, session, photo)
@@ -77,7 +78,7 @@ def test_torchscript_model_is_pytorchs_to_the_bit(trained, tmp_path):
     files = {"carvana_seg.json": ""}
     torch.jit.load(str(path), _extra_files=files)
     assert json.loads(files["carvana_seg.json"])["carvana_seg.threshold"] == "0.5"
-    model = PhotoModel(SegmentationModule.load_from_checkpoint(trained[0]), (32, 48)).eval()
+    model = PhotoModel(SegmentationModule.load_from_checkpoint(trained[0]), (32, 48), tta_hflip=True).eval()
     loaded = load_exported(path, "torchscript")
     for photo in [*photos(1), *photos(1, (641, 957))]:
         found = compare(model, loaded, photo)

@@ -22,6 +22,7 @@ import time
 import zlib
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -493,6 +494,18 @@ def test_a_mask_that_is_not_two_coloured_is_refused_naming_it(tmp_path, kind):
         check_mask(path)
 
 
+def test_a_label_mask_with_an_outline_label_is_refused_not_read_as_its_outline(tmp_path):
+    # VOC-style labels: 0 background, 1 car, 255 its outline. Brightest-is-car would keep only the outline.
+    labels = reference_mask().copy()
+    edge = labels.astype(bool) & ~cv2.erode(labels, np.ones((3, 3), np.uint8)).astype(bool)
+    labels[edge] = 255
+    path = tmp_path / "voc_mask.png"
+    Image.fromarray(labels).save(path)
+    for read in (read_mask, check_mask):
+        with pytest.raises(DataError, match=rf"mask {path} has two dark levels that each cover a region"):
+            read(path)
+
+
 def test_a_not_two_coloured_mask_stops_the_setup_before_any_decoding(tmp_path):
     root = write_carvana(tmp_path / "data")
     bad = root / "train_masks" / f"{car_id(2)}_04_mask.png"
@@ -569,6 +582,20 @@ def test_an_over_sized_photo_stops_the_setup_naming_it(tmp_path):
     (root / "train" / f"{car_id(0)}_03.jpg").unlink()
     bomb = bomb_png(root / "train" / f"{car_id(0)}_03.png")
     with pytest.raises(DataError, match=rf"(?s)unreadable.*{bomb.name}.*decompression bomb"):
+        setup_data(root, tmp_path)
+
+
+def test_a_photo_whose_text_chunk_inflates_past_pils_limit_stops_the_setup_naming_it(tmp_path):
+    from PIL import Image, PngImagePlugin
+
+    root = write_carvana(tmp_path / "data")
+    jpeg = root / "train" / f"{car_id(0)}_03.jpg"
+    comment = PngImagePlugin.PngInfo()
+    comment.add_text("Comment", "a" * 2 * PngImagePlugin.MAX_TEXT_CHUNK, zip=True)  # a few kB on disk
+    photo = jpeg.with_suffix(".png")
+    Image.open(jpeg).save(photo, pnginfo=comment)
+    jpeg.unlink()
+    with pytest.raises(DataError, match=rf"(?s)unreadable.*{photo.name}.*Decompressed data too large"):
         setup_data(root, tmp_path)
 
 

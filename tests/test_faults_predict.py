@@ -422,6 +422,15 @@ def test_a_bad_option_is_refused_before_the_output_folder_exists(trained, tmp_pa
     assert not (tmp_path / "out").exists()
 
 
+def test_options_are_checked_before_the_checkpoint_is_read(tmp_path):
+    # A missing checkpoint would be named first if the steps were checked after loading it.
+    with pytest.raises(InputError, match="unknown postprocess"):
+        predict(
+            predict_cfg(tmp_path / "missing.ckpt", photos(tmp_path), tmp_path / "out", "postprocess=[blob]")
+        )
+    assert not (tmp_path / "out").exists()
+
+
 def test_threshold_1_exits_2_with_the_message_and_writes_nothing(trained, tmp_path):
     ckpt, _ = trained
     result = run(command(ckpt, photos(tmp_path), tmp_path / "out", tmp_path / "logs", "threshold=1"))

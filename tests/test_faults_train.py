@@ -82,8 +82,9 @@ def assert_plain_input_error(code: int, output: str, message: str) -> None:
             False,
             "model.encoder_weights: /nonexistent/resnet34.pth does not exist",
         ),
+        (["trainer.max_time=abc"], True, "trainer: `Timer(duration='abc')` is not a valid duration"),
     ],
-    ids=["datamodule-check", "loss-option", "encoder-weights"],
+    ids=["datamodule-check", "loss-option", "encoder-weights", "trainer-option"],
 )
 def test_a_bad_option_checked_in_a_constructor_exits_2_with_its_plain_message(
     tmp_path, overrides, tiny_net, message
@@ -142,6 +143,19 @@ def test_train_keeps_hydras_exception_and_the_command_boundary_unwraps_it(make_c
         (["model.depth=0"], "model.depth must be at least 1, got 0"),
         (["loss.hard_fraction=0"], "loss.hard_fraction must be in (0, 1], got 0"),
         (["module.threshold=1.5"], "module.threshold must be in (0, 1), got 1.5"),
+        # The Trainer's own checks, run on a bare Trainer before the data set-up.
+        (["trainer.max_epochs=-5"], "trainer: `max_epochs` must be a non-negative integer or -1"),
+        (["trainer.devices=0"], "trainer: `Trainer(devices=0)` value is not a valid input"),
+        (["trainer.max_time=abc"], "trainer: `Timer(duration='abc')` is not a valid duration"),
+        (
+            ["trainer.check_val_every_n_epoch=0"],
+            "trainer.check_val_every_n_epoch must be a whole number >= 1",
+        ),
+        # Options Lightning accepts that would train nothing and report a score of 0.
+        (["trainer.max_epochs=0"], "trainer.max_epochs=0 trains nothing"),
+        (["trainer.limit_train_batches=0.0"], "trainer.limit_train_batches=0 trains nothing"),
+        (["data.image_dir=[train]"], "data.image_dir must be a folder, got ['train']"),
+        (["+data.augment.x=5"], "data.augment holds 5, which is no albumentations transform"),
     ],
 )
 def test_a_bad_option_exits_2_before_the_data_is_read(make_cfg, caplog, tmp_path, overrides, message):
@@ -149,6 +163,39 @@ def test_a_bad_option_exits_2_before_the_data_is_read(make_cfg, caplog, tmp_path
         exit_on_input_error(train, make_cfg("data.cache=true", *overrides))
     assert exited.value.code == 2 and caplog.messages[-1].startswith(message)
     assert not (tmp_path / "cache").exists() and not (tmp_path / "run" / "split.json").exists()
+
+
+def test_a_cache_folder_that_is_a_file_is_named_before_the_data_is_read(make_cfg, caplog, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    with pytest.raises(SystemExit) as exited:
+        exit_on_input_error(train, make_cfg("data.cache=true", f"paths.cache_dir={afile}"))
+    assert exited.value.code == 2
+    assert caplog.messages[-1].startswith(f"data.cache_dir {afile} cannot be used (it is a file)")
+    assert afile.read_text() == "not a folder" and not (tmp_path / "run" / "split.json").exists()
+
+
+def test_a_fresh_run_into_a_folder_holding_a_run_is_refused_and_the_run_kept(make_cfg, caplog, tmp_path):
+    out = tmp_path / "run"
+    train(make_cfg(output_dir=out))
+    kept = {path: path.read_bytes() for path in out.rglob("*") if path.is_file() and path.suffix != ".log"}
+    assert out / "checkpoints" / "last.ckpt" in kept and out / "split.json" in kept
+    with pytest.raises(SystemExit) as exited:  # another split: its split.json would describe the old weights
+        exit_on_input_error(train, make_cfg("data.split_seed=1", output_dir=out))
+    assert exited.value.code == 2
+    assert caplog.messages[-1].startswith(
+        f"{out} already holds a run (checkpoints/best.ckpt, checkpoints/last.ckpt"
+    )
+    assert f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}" in caplog.messages[-1]
+    assert {path: path.read_bytes() for path in kept} == kept
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+
+
+def test_a_run_without_validation_cars_says_so_instead_of_a_score_of_0(make_cfg, caplog, tmp_path):
+    caplog.set_level("INFO", logger="carvana_seg.train")
+    metrics = train(make_cfg("data.val_fraction=0"))
+    assert metrics.get("val/dice") is None and Path(metrics["last_checkpoint"]).is_file()
+    assert any(m.startswith("no validation score (no validation cars)") for m in caplog.messages)
 
 
 @pytest.mark.skipif(torch.cuda.is_available() or torch.backends.mps.is_available(), reason="a GPU is here")

@@ -42,7 +42,6 @@ def test_predict_runs_the_onnx_file_like_its_checkpoint(trained, exported, tmp_p
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["tta_hflip=true"], "tta_hflip cannot change an exported model"),
         (["data.image_size=[16,24]"], "data.image_size cannot change an exported model"),
         (["precision=bf16-mixed"], "precision cannot change an exported model"),
     ],
@@ -51,6 +50,28 @@ def test_options_an_exported_model_cannot_honour_are_refused_first(exported, tmp
     with pytest.raises(InputError, match=message):
         predict(predict_cfg(exported, write_photos(tmp_path), tmp_path / "out", *overrides))
     assert not (tmp_path / "out").exists()
+
+
+def test_flip_tta_is_the_files_own_and_another_request_is_refused_first(trained, exported, tmp_path):
+    test = write_photos(tmp_path)
+    with pytest.raises(
+        InputError, match=r"tta_hflip=false, but .*car\.onnx was exported with tta_hflip=true"
+    ):
+        predict(predict_cfg(exported, test, tmp_path / "a", "tta_hflip=false"))
+    plain = tmp_path / "plain.onnx"  # exported without it: one pass of the network per photo
+    export(
+        compose("export", [f"ckpt_path={trained[0]}", f"output={plain}", "verify=false", "tta_hflip=false"])
+    )
+    with pytest.raises(
+        InputError, match=r"tta_hflip=true, but .*plain\.onnx was exported with tta_hflip=false"
+    ):
+        predict(predict_cfg(plain, test, tmp_path / "b"))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    predict(predict_cfg(plain, test, tmp_path / "onnx", "tta_hflip=false", "masks=none"))
+    predict(predict_cfg(trained[0], test, tmp_path / "ckpt", "tta_hflip=false", "masks=none"))
+    onnx_rows, ckpt_rows = submission_rows(tmp_path / "onnx"), submission_rows(tmp_path / "ckpt")
+    for (_, a), (_, b) in zip(onnx_rows[1:], ckpt_rows[1:], strict=True):
+        assert (rle.decode(a, (64, 96)) != rle.decode(b, (64, 96))).mean() < 0.03
 
 
 def test_a_file_that_is_not_a_carvana_seg_export_is_refused_by_name(tmp_path):

@@ -114,10 +114,20 @@ class CarvanaDataModule(pl.LightningDataModule):
         whole_number(split_seed, "data.split_seed", minimum=0)
         if isinstance(mask_scale, bool) or not isinstance(mask_scale, int) or mask_scale < 1:
             raise DataError(f"data.mask_scale must be a whole number >= 1, got {mask_scale!r}")
+        for name, value in (
+            ("data.root", root),
+            ("data.image_dir", image_dir),
+            ("data.cache_dir", cache_dir),
+        ):
+            if value is not None and not isinstance(value, str | int | Path):  # a folder named 2024 is an int
+                raise DataError(f"{name} must be a folder, got {value!r}")
         # A mapping (the config's named transforms: one can be dropped with null) keeps its order.
         augment = [
-            t for t in (augment.values() if isinstance(augment, Mapping) else augment) if t is not None
+            t for t in (augment.values() if isinstance(augment, Mapping) else augment or ()) if t is not None
         ]
+        for t in augment:
+            if not isinstance(t, A.BasicTransform | A.BaseCompose):
+                raise DataError(f"data.augment holds {t!r}, which is no albumentations transform")
         # Albumentations' geometric transforms move the mask by the photo's pixels; Reframe (and any
         # transform marked `any_resolution`) scales its geometry to each array's own size.
         moving = [
@@ -141,7 +151,7 @@ class CarvanaDataModule(pl.LightningDataModule):
             boolean(value, f"data.{name}")
         if cache and cache_dir is None:
             raise DataError("data.cache=true needs data.cache_dir (a folder for the decoded arrays)")
-        self.root = Path(root).expanduser().resolve()
+        self.root = Path(str(root)).expanduser().resolve()
         self.image_size = size
         self.val_fraction = val_fraction
         self.split_seed = split_seed
@@ -157,10 +167,19 @@ class CarvanaDataModule(pl.LightningDataModule):
         self.hflip_p = hflip_p
         self.augment = list(augment)
         self.mask_source = mask_source
-        self.image_dir = image_dir
+        self.image_dir = None if image_dir is None else str(image_dir)
         self.check_files = check_files
         self.cache = cache
-        self.cache_dir = Path(cache_dir).expanduser().resolve() if cache_dir is not None else None
+        self.cache_dir = Path(str(cache_dir)).expanduser().resolve() if cache_dir is not None else None
+        if self.cache_dir is not None and (cache or check_files):  # check_files records its checks there
+            try:
+                self.cache_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                reason = "it is a file" if self.cache_dir.is_file() else err.strerror or err
+                raise DataError(
+                    f"data.cache_dir {self.cache_dir} cannot be used ({reason}); point it "
+                    "(or paths.cache_dir, or CARVANA_SEG_CACHE) at a folder that can be written"
+                ) from err
         self.seed = seed
         self.train_set: CarvanaDataset | None = None
         self.val_set: CarvanaDataset | None = None

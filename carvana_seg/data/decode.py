@@ -33,8 +33,9 @@ _REDUCED_FLAGS = (
     (2, cv2.IMREAD_REDUCED_COLOR_2),
 )
 # What PIL raises on a damaged or hostile file: OSError (UnidentifiedImageError, "image file is
-# truncated"), SyntaxError ("broken PNG file"), EOFError, and DecompressionBombError, which is no OSError.
-_PIL_ERRORS = (OSError, SyntaxError, EOFError, Image.DecompressionBombError)
+# truncated"), SyntaxError ("broken PNG file"), EOFError, DecompressionBombError, which is no OSError, and
+# ValueError (a PNG text chunk that decompresses past PIL's limit).
+_PIL_ERRORS = (OSError, SyntaxError, EOFError, ValueError, Image.DecompressionBombError)
 _JPEG, _PNG, _GIF = b"\xff\xd8", b"\x89PNG\r\n\x1a\n", b"GIF8"
 _PNG_END = b"IEND\xaeB`\x82"  # the IEND chunk's type and CRC: the last 8 bytes of every whole PNG
 _TAIL = 4096  # bytes read from the end of a JPEG or PNG for its end marker
@@ -224,9 +225,10 @@ def binarize_mask(
       - one value: car if it is not black (all car), else all background;
       - two values: the brighter is the car (Kaggle's palette GIF {0: black, 1: white}, 0/1 and 0/255
         greys, a red car on black, a car at any palette index painted in any non-black colour);
-      - more: dark (< 64) is background and bright (>= 192) car, provided there is some of each and at
-        most 1% of the pixels are grey in between (edges); anything else (a photo, a soft mask, class
-        labels 0/1/2) is refused with a DataError naming `path` (`grey_share`: the share tolerated).
+      - more: dark (< 64) is background and bright (>= 192) car, provided there is some of each, at
+        most 1% of the pixels are grey in between (edges) and no second dark or bright level covers
+        more than that (VOC-style 0/1/255 labels); anything else (a photo, a soft mask, class labels
+        0/1/2) is refused with a DataError naming `path` (`grey_share`: the share tolerated).
     Two stored values cost one comparison pass, as a plain threshold did.
     """
     if values.dtype != np.uint8:  # bool, or wider integers holding 0..255
@@ -256,15 +258,28 @@ def _car_from(counts: np.ndarray, path: str | Path | None, grey_share: float = _
         return 1 if levels[0] > 0 else 256
     if len(levels) == 2:
         return int(levels[1])
-    share = float(counts[_DARK:_BRIGHT].sum() / counts.sum())
+    total = counts.sum()
+    share = float(counts[_DARK:_BRIGHT].sum() / total)
+    where = f"mask {path}" if path is not None else "mask"
     if levels[0] >= _DARK or levels[-1] < _BRIGHT or share > grey_share:
-        where = f"mask {path}" if path is not None else "mask"
         raise DataError(
             f"{where} is not a two-colour mask: {len(levels)} brightness levels from {levels[0]} to "
             f"{levels[-1]}, {share:.1%} of the pixels grey (64..191), so no threshold can tell car from "
             "background (a photo, a soft mask or class labels?): save it with a black background and a "
             "white car"
         )
+    for side, name in ((counts[:_DARK], "dark"), (counts[_BRIGHT:], "bright")):
+        # Two dark (or bright) levels that each cover a region are two labels, not one colour and its
+        # edge noise: VOC-style 0 background, 1 car, 255 outline would otherwise read as the outline.
+        first, second = np.argsort(side, kind="stable")[::-1][:2]
+        if side[second] > grey_share * total:
+            offset = 0 if name == "dark" else _BRIGHT
+            raise DataError(
+                f"{where} has two {name} levels that each cover a region ({first + offset}: "
+                f"{side[first] / total:.1%}, {second + offset}: {side[second] / total:.1%} of the pixels), "
+                "so which is car cannot be told (class labels, or an outline label as in VOC's 255?): save "
+                "it with a black background and a white car"
+            )
     return 128
 
 

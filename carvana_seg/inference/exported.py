@@ -24,6 +24,7 @@ from carvana_seg.errors import DivergedError, InputError
 # The metadata carvana_seg.export writes into every file, read back here.
 THRESHOLD_KEY = "carvana_seg.threshold"
 SIZE_KEY = "carvana_seg.image_size"
+TTA_KEY = "carvana_seg.tta_hflip"  # absent in files exported before flip TTA could be inside: false
 
 
 class ExportedModel(pl.LightningModule):
@@ -54,6 +55,9 @@ class ExportedModel(pl.LightningModule):
         try:
             self.threshold = float(meta[THRESHOLD_KEY])
             self.image_size = tuple(int(s) for s in json.loads(meta[SIZE_KEY]))
+            self.tta_hflip = json.loads(meta.get(TTA_KEY, "false"))
+            if not isinstance(self.tta_hflip, bool):
+                raise ValueError(f"{TTA_KEY} is {self.tta_hflip!r}")
         except (ValueError, TypeError) as err:
             raise InputError(f"{path}: unreadable carvana_seg metadata {meta}: {err}") from err
         inputs = self.session.get_inputs()

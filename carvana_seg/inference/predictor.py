@@ -57,7 +57,7 @@ class Predictor:
         device: str = "auto",
         image_size: Sequence[int] | None = None,
         threshold: float | None = None,
-        tta_hflip: bool = False,
+        tta_hflip: bool = True,
         postprocess: Sequence[str] = DEFAULT_STEPS,
         precision: str = "auto",
     ) -> None:

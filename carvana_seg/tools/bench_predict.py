@@ -5,7 +5,9 @@ outline, as the edge band expects) or an untrained network saved the way trainin
 
 Each output is timed through both ways to full size, side by side: `edge_band=false` interpolates every
 pixel (the path before the edge band), `edge_band=true` only the outline; a parity row then says
-whether their submissions (and mask files) are identical, photo for photo."""
+whether their submissions (and mask files) are identical, photo for photo. Every row runs predict's
+default flip TTA (the network on the photo and on its mirror image) but one, the submission through the
+edge band with `tta_hflip=false`: what the second pass costs."""
 
 from __future__ import annotations
 
@@ -73,6 +75,9 @@ def bench_predict(cfg: DictConfig, root: Path, device: torch.device, rows: list[
             rows.append(_parity(outputs[False], outputs[True], masks, network))
             for out in outputs.values():
                 shutil.rmtree(out)
+        # predict's default runs the network twice a photo (flip TTA): what it costs, beside the rows above.
+        out = Path(tmp) / "out-no-tta"
+        _bench_one(cfg, ckpt, photos, out, "none", True, size, device, full, network, rows, tta=False)
         if cfg.predict.onnx and device.type == "cpu":
             # The same network exported (carvana_seg.export) at the same input size and run by ONNX
             # Runtime: photos as stored, one at a time, the resizes inside its graph.
@@ -109,9 +114,11 @@ def _bench_one(
     full: tuple[int, ...],
     network: str,
     rows: list[dict],
+    tta: bool = True,
 ) -> None:
-    # edge_band None: an exported ONNX file, whose input size and precision are fixed in it.
+    # edge_band None: an exported ONNX file, whose input size, precision and flip TTA are fixed in it.
     options = [f"edge_band={str(edge_band).lower()}", f"data.image_size=[{size[0]},{size[1]}]"]
+    options.append(f"tta_hflip={str(tta).lower()}")
     options.append(f"precision={cfg.predict.precision}")
     predict_cfg = compose(
         "predict",
@@ -136,6 +143,7 @@ def _bench_one(
     what = "submission.csv.gz" + (" + GIF masks" if masks == "gif" else "")
     batch = cfg.predict.batch_size if edge_band is not None else 1  # an exported graph takes one photo
     way = {None: "ONNX Runtime (exported file)", True: "edge band", False: "full interpolation"}[edge_band]
+    way += "" if tta else ", without flip TTA (tta_hflip=false)"
     rows.append(
         row(
             "predict",

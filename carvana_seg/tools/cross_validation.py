@@ -2,7 +2,7 @@
 
     python -m carvana_seg.train -m experiment=carvana_cpu data.root=DIR data.folds=5 'data.fold=range(5)' \\
         hydra.sweep.dir=runs/cv
-    python -m carvana_seg.tools.cross_validation runs/cv [--ckpt last|best] [--tta] [--out FILE] [OVERRIDE]
+    python -m carvana_seg.tools.cross_validation runs/cv [--ckpt last|best] [--no-tta] [--out FILE] [OVERRIDE]
 
 For every finished job of the sweep, `evaluate.evaluate` scores its checkpoint on its own validation cars
 (split=val) into `<job>/eval_cv/`; the per_image.csv rows of all folds are then joined into
@@ -87,7 +87,7 @@ def evaluate_job(
     return rows, summary
 
 
-def score(folds: Folds, ckpt: str = "last", tta: bool = False, overrides: Sequence[str] = ()) -> Report:
+def score(folds: Folds, ckpt: str = "last", tta: bool = True, overrides: Sequence[str] = ()) -> Report:
     """Evaluate every finished job of `folds` on its own validation cars."""
     dealt = car_folds(folds.cars, folds.count, folds.split_seed)
     results: list[FoldResult] = []
@@ -117,7 +117,7 @@ def score(folds: Folds, ckpt: str = "last", tta: bool = False, overrides: Sequen
 
 
 def cross_validate(
-    sweep_dir: str | Path, ckpt: str = "last", tta: bool = False, overrides: Sequence[str] = ()
+    sweep_dir: str | Path, ckpt: str = "last", tta: bool = True, overrides: Sequence[str] = ()
 ) -> Report:
     """Check and evaluate every finished job of `sweep_dir`, one cross-validation."""
     return score(read_folds(sweep_dir), ckpt, tta, overrides)
@@ -143,7 +143,12 @@ def _targets(items: Sequence[str]) -> tuple[list[Path], list[str]]:
     return folders, overrides
 
 
-SET_HERE = {"split": "", "ckpt_path": " (--ckpt last|best)", "tta_hflip": " (--tta)", "paths.output_dir": ""}
+SET_HERE = {
+    "split": "",
+    "ckpt_path": " (--ckpt last|best)",
+    "tta_hflip": " (--no-tta)",
+    "paths.output_dir": "",
+}
 
 
 def _check_options(overrides: Sequence[str]) -> None:
@@ -201,7 +206,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--ckpt", choices=("last", "best"), default="last", help="which checkpoint of each job"
     )
-    parser.add_argument("--tta", action="store_true", help="flip TTA (evaluate's tta_hflip=true)")
+    parser.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="flip TTA, as evaluate's default tta_hflip=true (--no-tta: the photo alone)",
+    )
     parser.add_argument(
         "--out",
         type=Path,

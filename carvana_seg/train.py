@@ -34,6 +34,7 @@ from carvana_seg.core.module import SegmentationModule, build_scheduler
 from carvana_seg.core.precision import check_precision, resolve_precision, uses_cuda
 from carvana_seg.core.resume import check_resumed_network, check_resumed_split, saved_hyperparameters
 from carvana_seg.core.run_config import RunConfig
+from carvana_seg.core.run_folder import check_fresh
 from carvana_seg.durable import atomic_write
 from carvana_seg.errors import InputError, exit_on_input_error
 
@@ -41,8 +42,6 @@ log = logging.getLogger(__name__)
 
 MAX_SEED = 2**32 - 1  # Lightning's seed_everything, and numpy behind it, take 0 to 2**32 - 1
 LIGHTNING_ONLY_PRECISIONS = ("transformer-engine", "transformer-engine-float16")  # training only
-# What a finished or interrupted run leaves in its folder: a fresh run there would mix its files with them.
-RUN_OUTPUTS = ("checkpoints/*.ckpt", "metrics.json")
 
 
 @rank_zero_only
@@ -124,21 +123,6 @@ def _quiet_lightning() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def check_output_dir(output_dir: Path) -> None:
-    """A fresh run (no ckpt_path) into a folder that already holds a run is refused before anything is
-    written: its split.json would describe the old checkpoints, and its checkpoints would sit beside them
-    as best-v1.ckpt."""
-    found = sorted(
-        str(path.relative_to(output_dir)) for pattern in RUN_OUTPUTS for path in output_dir.glob(pattern)
-    )
-    if found:
-        raise InputError(
-            f"{output_dir} already holds a run ({', '.join(found[:4])}): resume it with "
-            f"ckpt_path={output_dir / 'checkpoints' / 'last.ckpt'}, or train into another folder "
-            "(hydra.run.dir=...)"
-        )
-
-
 def container(config: DictConfig) -> dict[str, Any]:
     """A config group as the plain, resolved mapping a checkpoint stores."""
     return OmegaConf.to_container(config, resolve=True)  # type: ignore[return-value]
@@ -161,7 +145,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         saved = saved_hyperparameters(ckpt_path)
         check_resumed_network(ckpt_path, saved, container(cfg.model), container(cfg.loss))
     else:
-        check_output_dir(output_dir)
+        check_fresh(output_dir)  # as FreshRunFolder did under Hydra, for callers of train(cfg)
     check_optimizer(cfg)
     check_run(cfg)
     check_trainer(cfg)
@@ -222,9 +206,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         wall_time_s=round(time.perf_counter() - started, 2),
     )
     write_json(output_dir / "metrics.json", metrics)
-    if metrics.get("val/dice") is None:  # no validation cars (data.val_fraction=0), or no batch of them ran
+    if metrics.get("val/dice") is None:
         log.info(
-            "no validation score (no validation cars): last checkpoint %s, wall time %.1f s",
+            "no validation ran (no validation cars, or validation off or not reached): last checkpoint %s, "
+            "wall time %.1f s",
             metrics["last_checkpoint"],
             metrics["wall_time_s"],
         )

@@ -446,6 +446,20 @@ def test_every_reasonable_two_colour_encoding_reads_as_the_car(tmp_path, encodin
     assert np.array_equal(read_mask(path, (20, 30)), mask[1::2, 1::2])
 
 
+@pytest.mark.parametrize("colour", [(255, 0, 0), (255, 255, 255)])
+def test_a_mask_saved_once_as_jpeg_reads_as_the_car_despite_its_noise(tmp_path, colour):
+    # JPEG spreads the two colours over dozens of levels near each (near the edges): noise, not labels.
+    mask = cv2.resize(reference_mask(), (480, 320), interpolation=cv2.INTER_NEAREST)
+    rgb = np.zeros((*mask.shape, 3), np.uint8)
+    rgb[mask == 1] = colour
+    jpeg = tmp_path / "m.jpg"
+    Image.fromarray(rgb).save(jpeg, quality=90)
+    path = tmp_path / "m_mask.png"
+    Image.open(jpeg).save(path)
+    assert check_mask(path) == (320, 480)
+    assert (read_mask(path) != mask).mean() < 0.005
+
+
 @pytest.mark.parametrize("encoding", ["rgb png red car on black", "palette gif car at index 5 painted white"])
 def test_a_data_set_with_odd_mask_encodings_trains_on_the_same_masks(tmp_path, encoding):
     root = write_carvana(tmp_path / "data", cars=3, views=2)

@@ -422,6 +422,18 @@ def test_a_bad_option_is_refused_before_the_output_folder_exists(trained, tmp_pa
     assert not (tmp_path / "out").exists()
 
 
+def test_a_folder_begun_without_flip_tta_is_finished_by_passing_it_again(trained, tmp_path):
+    # Begun before flip TTA became the default: the refusal says how to finish it, not only to remove it.
+    ckpt, _ = trained
+    test = photos(tmp_path)
+    predict(predict_cfg(ckpt, test, tmp_path / "out", "tta_hflip=false"))
+    with pytest.raises(
+        InputError, match=r"differs in: tta_hflip\); pass tta_hflip=false to finish it as it began"
+    ):
+        predict(predict_cfg(ckpt, test, tmp_path / "out"))
+    assert predict(predict_cfg(ckpt, test, tmp_path / "out", "tta_hflip=false"))["predicted_now"] == 0
+
+
 def test_options_are_checked_before_the_checkpoint_is_read(tmp_path):
     # A missing checkpoint would be named first if the steps were checked after loading it.
     with pytest.raises(InputError, match="unknown postprocess"):

@@ -154,6 +154,8 @@ def test_train_keeps_hydras_exception_and_the_command_boundary_unwraps_it(make_c
         # Options Lightning accepts that would train nothing and report a score of 0.
         (["trainer.max_epochs=0"], "trainer.max_epochs=0 trains nothing"),
         (["trainer.limit_train_batches=0.0"], "trainer.limit_train_batches=0 trains nothing"),
+        (["+trainer.max_steps=0"], "trainer.max_steps=0 trains nothing"),
+        (["data.cache_dir=true"], "data.cache_dir must be a folder, got True"),
         (["data.image_dir=[train]"], "data.image_dir must be a folder, got ['train']"),
         (["+data.augment.x=5"], "data.augment holds 5, which is no albumentations transform"),
     ],
@@ -191,11 +193,50 @@ def test_a_fresh_run_into_a_folder_holding_a_run_is_refused_and_the_run_kept(mak
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
 
 
+@pytest.mark.slow
+def test_the_command_into_a_folder_holding_a_run_exits_2_before_hydra_writes_there(tmp_path):
+    data = write_carvana(tmp_path / "data")
+    run = tmp_path / "run"
+    assert run_train(data, run)[0] == 0
+    kept = {path: path.read_bytes() for path in run.rglob("*") if path.is_file() and path.suffix != ".log"}
+    code, output = run_train(data, run, "seed=5")
+    assert_plain_input_error(code, output, f"{run} already holds a run (checkpoints/best.ckpt")
+    assert {path: path.read_bytes() for path in kept} == kept  # .hydra/overrides.yaml too
+    assert "seed=5" not in (run / ".hydra" / "overrides.yaml").read_text()
+
+
+def test_a_sweep_into_a_folder_whose_jobs_hold_runs_is_refused_and_a_restarted_job_is_not(
+    tmp_path, monkeypatch
+):
+    from omegaconf import OmegaConf
+
+    from carvana_seg.core.run_folder import FreshRunFolder, check_fresh
+
+    sweep = tmp_path / "sweep"
+    (sweep / "1" / "checkpoints").mkdir(parents=True)
+    (sweep / "1" / "checkpoints" / "best.ckpt").write_bytes(b"weights")
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}})
+    with pytest.raises(SystemExit) as exited:
+        FreshRunFolder().on_multirun_start(config)
+    assert exited.value.code == 2
+    with pytest.raises(InputError, match=r"resume it with ckpt_path=.*1/checkpoints/best\.ckpt"):
+        check_fresh(sweep / "1")
+    FreshRunFolder().on_multirun_start(
+        OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}, "ckpt_path": "x"})
+    )
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")  # requeued by SLURM: Lightning resumes it in place
+    check_fresh(sweep / "1")
+
+
+def test_augment_null_is_no_augmentation_but_the_flip(make_cfg):
+    assert train(make_cfg("data.augment=null"))["steps"] > 0
+
+
 def test_a_run_without_validation_cars_says_so_instead_of_a_score_of_0(make_cfg, caplog, tmp_path):
     caplog.set_level("INFO", logger="carvana_seg.train")
     metrics = train(make_cfg("data.val_fraction=0"))
     assert metrics.get("val/dice") is None and Path(metrics["last_checkpoint"]).is_file()
-    assert any(m.startswith("no validation score (no validation cars)") for m in caplog.messages)
+    assert any(m.startswith("no validation ran (no validation cars") for m in caplog.messages)
 
 
 @pytest.mark.skipif(torch.cuda.is_available() or torch.backends.mps.is_available(), reason="a GPU is here")

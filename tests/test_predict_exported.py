@@ -4,6 +4,7 @@ exported model cannot honour, and files that are not carvana_seg exports, are re
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -65,9 +66,11 @@ def test_flip_tta_is_the_files_own_and_another_request_is_refused_first(trained,
     with pytest.raises(
         InputError, match=r"tta_hflip=true, but .*plain\.onnx was exported with tta_hflip=false"
     ):
-        predict(predict_cfg(plain, test, tmp_path / "b"))
+        predict(predict_cfg(plain, test, tmp_path / "b", "tta_hflip=true"))
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
-    predict(predict_cfg(plain, test, tmp_path / "onnx", "tta_hflip=false", "masks=none"))
+    # Left out, tta_hflip is the file's own (files exported before it could be inside run as before).
+    assert predict(predict_cfg(plain, test, tmp_path / "onnx", "masks=none"))["images"] == 12
+    assert json.loads((tmp_path / "onnx" / "predict.json").read_text())["tta_hflip"] is False
     predict(predict_cfg(trained[0], test, tmp_path / "ckpt", "tta_hflip=false", "masks=none"))
     onnx_rows, ckpt_rows = submission_rows(tmp_path / "onnx"), submission_rows(tmp_path / "ckpt")
     for (_, a), (_, b) in zip(onnx_rows[1:], ckpt_rows[1:], strict=True):

@@ -119,7 +119,8 @@ class CarvanaDataModule(pl.LightningDataModule):
             ("data.image_dir", image_dir),
             ("data.cache_dir", cache_dir),
         ):
-            if value is not None and not isinstance(value, str | int | Path):  # a folder named 2024 is an int
+            # A folder named 2024 reaches here as an int; true or false as a bool, which is no folder.
+            if value is not None and (isinstance(value, bool) or not isinstance(value, str | int | Path)):
                 raise DataError(f"{name} must be a folder, got {value!r}")
         # A mapping (the config's named transforms: one can be dropped with null) keeps its order.
         augment = [

@@ -33,9 +33,11 @@ _REDUCED_FLAGS = (
     (2, cv2.IMREAD_REDUCED_COLOR_2),
 )
 # What PIL raises on a damaged or hostile file: OSError (UnidentifiedImageError, "image file is
-# truncated"), SyntaxError ("broken PNG file"), EOFError, DecompressionBombError, which is no OSError, and
-# ValueError (a PNG text chunk that decompresses past PIL's limit).
-_PIL_ERRORS = (OSError, SyntaxError, EOFError, ValueError, Image.DecompressionBombError)
+# truncated"), SyntaxError ("broken PNG file"), EOFError and DecompressionBombError, which is no OSError;
+# opening a file also ValueError (a PNG text chunk that decompresses past PIL's limit), which elsewhere
+# would be a caller's bug (a size of 0).
+_PIL_ERRORS = (OSError, SyntaxError, EOFError, Image.DecompressionBombError)
+_PIL_OPEN_ERRORS = (*_PIL_ERRORS, ValueError)
 _JPEG, _PNG, _GIF = b"\xff\xd8", b"\x89PNG\r\n\x1a\n", b"GIF8"
 _PNG_END = b"IEND\xaeB`\x82"  # the IEND chunk's type and CRC: the last 8 bytes of every whole PNG
 _TAIL = 4096  # bytes read from the end of a JPEG or PNG for its end marker
@@ -47,7 +49,7 @@ def image_size(path: str | Path, data: bytes | None = None) -> tuple[int, int]:
     try:
         with Image.open(io.BytesIO(data) if data is not None else path) as img:
             width, height = img.size
-    except _PIL_ERRORS as err:
+    except _PIL_OPEN_ERRORS as err:
         raise DataError(f"cannot read image file {path}: {err}") from err
     return height, width
 
@@ -210,6 +212,7 @@ def read_image(path: str | Path, size: tuple[int, int] | None = None) -> np.ndar
 _IDENTITY = np.arange(256, dtype=np.uint8)
 _DARK, _BRIGHT = 64, 192  # below: dark; from: bright; between: grey, which no threshold can place
 _GREY_SHARE = 0.01  # at most this share of grey pixels (anti-aliased or resampled edges) is tolerated
+_LABEL_SHARE = 0.05  # a second dark (or bright) level covering this share of the pixels is a second label
 
 
 def binarize_mask(
@@ -227,7 +230,7 @@ def binarize_mask(
         greys, a red car on black, a car at any palette index painted in any non-black colour);
       - more: dark (< 64) is background and bright (>= 192) car, provided there is some of each, at
         most 1% of the pixels are grey in between (edges) and no second dark or bright level covers
-        more than that (VOC-style 0/1/255 labels); anything else (a photo, a soft mask, class labels
+        5% of them (VOC-style 0/1/255 labels); anything else (a photo, a soft mask, class labels
         0/1/2) is refused with a DataError naming `path` (`grey_share`: the share tolerated).
     Two stored values cost one comparison pass, as a plain threshold did.
     """
@@ -269,10 +272,11 @@ def _car_from(counts: np.ndarray, path: str | Path | None, grey_share: float = _
             "white car"
         )
     for side, name in ((counts[:_DARK], "dark"), (counts[_BRIGHT:], "bright")):
-        # Two dark (or bright) levels that each cover a region are two labels, not one colour and its
-        # edge noise: VOC-style 0 background, 1 car, 255 outline would otherwise read as the outline.
+        # Two dark (or bright) levels that each cover a region are two labels, not a colour and its
+        # noise (JPEG's spreads over levels near it along the edges, well under a region's share):
+        # VOC-style 0 background, 1 car, 255 outline would otherwise read as the outline.
         first, second = np.argsort(side, kind="stable")[::-1][:2]
-        if side[second] > grey_share * total:
+        if side[second] > _LABEL_SHARE * total:
             offset = 0 if name == "dark" else _BRIGHT
             raise DataError(
                 f"{where} has two {name} levels that each cover a region ({first + offset}: "
@@ -381,7 +385,7 @@ def check_mask(path: str | Path) -> tuple[int, int]:
             width, height = img.size
             proven = img.mode == "1" or (img.mode == "P" and len(np.unique(_palette_brightness(img))) <= 2)
             counts = None if proven else _brightness_counts(img)
-    except _PIL_ERRORS as err:
+    except _PIL_OPEN_ERRORS as err:
         raise DataError(f"cannot read mask file {path}: {err}") from err
     if counts is not None:
         _car_from(counts, path, _GREY_SHARE / 2)

@@ -40,6 +40,8 @@ from carvana_seg.errors import InputError, shown
 log = logging.getLogger(__name__)
 
 MANIFEST = "predict.json"
+# Options of the command in the manifest: a folder begun under other values is finished by passing them.
+RESUMABLE_OPTIONS = ("tta_hflip", "threshold", "postprocess")
 PARTS = ".parts"
 MASKS = "masks"
 OVERLAYS = "overlays"
@@ -125,6 +127,7 @@ class Output:
         return name == LOCK or (name.startswith(f".{MANIFEST}.") and name.endswith(_TMP))
 
     def _compare(self, previous: dict[str, Any]) -> None:
+        """Refuse a folder whose manifest differs from this run's; name what differs."""
         legacy = "photos" not in previous  # written by a version that stored only the count
         keys = set(previous) | set(self.manifest)
         if legacy:
@@ -137,9 +140,19 @@ class Output:
         detail = ""
         if "photos" in different and isinstance(previous.get("photos"), list):
             detail = f" ({photo_differences(list(previous['photos']), self.photos)})"
+        # An option changed since (flip TTA became the default): the run can still be finished as begun.
+        options = [k for k in different if k in RESUMABLE_OPTIONS]
+        finish = (
+            "pass "
+            + " ".join(f"{k}={json.dumps(previous.get(k))}" for k in options)
+            + " to finish it as it began, "
+            if options == different
+            else ""
+        )
         raise InputError(
             f"output {self.folder} holds the results of a different prediction run "
-            f"(it differs in: {', '.join(different)}){detail}; choose another output folder or remove it"
+            f"(it differs in: {', '.join(different)}){detail}; {finish}choose another output folder "
+            "or remove it"
         )
 
     def claim(self, wait: float = 0.0) -> None:

@@ -215,6 +215,17 @@ def test_a_run_past_the_photo_is_found_without_reading_headers_at_decode_time(tm
         load_sample(sample, (20, 30), masks)
 
 
+def test_a_photo_stored_rotated_is_named_when_its_mask_is_a_csv_row(tmp_path):
+    # A run-length row counts pixels only: it fits a 60x40 photo as well as a 40x60 one.
+    root = write_carvana(tmp_path / "data", masks_csv=True)
+    photo = sorted((root / "train").glob("*.jpg"))[3]
+    Image.open(photo).transpose(Image.Transpose.ROTATE_90).save(photo)
+    with pytest.raises(
+        DataError, match=rf"(?s)1 photos are 60x40 \(H x W\) where the others are 40x60.*{photo.name}"
+    ):
+        setup_data(root, tmp_path, mask_source="csv")
+
+
 def test_decode_errors_name_the_image():
     with pytest.raises(DataError, match=r"run-length mask of a_01\.jpg has an odd number"):
         rle.decode("1 2 3", (4, 4), name="a_01.jpg")
@@ -517,6 +528,18 @@ def test_a_label_mask_with_an_outline_label_is_refused_not_read_as_its_outline(t
     Image.fromarray(labels).save(path)
     for read in (read_mask, check_mask):
         with pytest.raises(DataError, match=rf"mask {path} has two dark levels that each cover a region"):
+            read(path)
+
+
+@pytest.mark.parametrize("background", [(255, 255, 255), (0, 255, 0)])
+def test_a_car_of_one_colour_on_another_of_the_same_brightness_is_refused(tmp_path, background):
+    # Brightest-is-car sees one brightness: the mask would read as all car.
+    rgb = np.full((*SIZE, 3), background, np.uint8)
+    rgb[reference_mask() == 1] = (255, 0, 0)
+    path = tmp_path / "m_mask.png"
+    Image.fromarray(rgb).save(path)
+    for read in (read_mask, check_mask):
+        with pytest.raises(DataError, match=rf"mask {path} has colours of one brightness \(255\)"):
             read(path)
 
 

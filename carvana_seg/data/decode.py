@@ -312,7 +312,7 @@ def _palette_brightness(img: Image.Image) -> np.ndarray:
     return brightness
 
 
-def _mask_values(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+def _mask_values(img: Image.Image, path: str | Path | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """(H, W) uint8 values of a mask image and, for a palette image, the brightness of each index.
 
     Brightness is the brightest channel (a red car on black is car), scaled by opacity (a transparent
@@ -332,6 +332,13 @@ def _mask_values(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
         return np.clip(np.rint(wide), 0, 255).astype(np.uint8), None
     rgba = np.asarray(img.convert("RGBA"))
     grey = cv2.max(cv2.max(rgba[..., 0], rgba[..., 1]), rgba[..., 2])
+    low, high = cv2.minMaxLoc(grey)[:2]
+    if low == high > 0 and any(np.ptp(rgba[..., channel]) for channel in range(3)):
+        # A red car on white, or on green: one brightness, two colours, and no telling which is the car.
+        raise DataError(
+            f"mask {path} has colours of one brightness ({int(high)}): which is car cannot be told; save "
+            "it with a black background and a white car"
+        )
     return cv2.multiply(grey, rgba[..., 3], scale=1 / 255), None
 
 
@@ -353,7 +360,7 @@ def read_mask(
             if expect_size is None or stored == tuple(expect_size):
                 if size is not None and img.size != (size[1], size[0]):
                     img = img.resize((size[1], size[0]), Image.Resampling.NEAREST)
-                values, brightness = _mask_values(img)
+                values, brightness = _mask_values(img, path)
     except _PIL_ERRORS as err:
         raise DataError(f"cannot read mask file {path}: {err}") from err
     if expect_size is not None and stored != tuple(expect_size):
@@ -361,14 +368,14 @@ def read_mask(
     return binarize_mask(values, brightness, path)
 
 
-def _brightness_counts(img: Image.Image) -> np.ndarray:
+def _brightness_counts(img: Image.Image, path: str | Path) -> np.ndarray:
     """The number of pixels at each brightness 0..255 of a mask image, counted by PIL (no copy out)."""
     if img.mode in ("L", "1"):
         return np.asarray(img.histogram(), np.float64)
     if img.mode == "P":
         by_index = np.asarray(img.histogram(), np.float64)
         return np.bincount(_palette_brightness(img), weights=by_index, minlength=256)
-    values, _ = _mask_values(img)
+    values, _ = _mask_values(img, path)
     return np.bincount(values.ravel(), minlength=256).astype(np.float64)
 
 
@@ -384,7 +391,7 @@ def check_mask(path: str | Path) -> tuple[int, int]:
         with Image.open(path) as img:
             width, height = img.size
             proven = img.mode == "1" or (img.mode == "P" and len(np.unique(_palette_brightness(img))) <= 2)
-            counts = None if proven else _brightness_counts(img)
+            counts = None if proven else _brightness_counts(img, path)
     except _PIL_OPEN_ERRORS as err:
         raise DataError(f"cannot read mask file {path}: {err}") from err
     if counts is not None:

@@ -5,6 +5,7 @@ starts."""
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
@@ -20,7 +21,7 @@ log = logging.getLogger(__name__)
 MaskSource = Literal["auto", "files", "csv"]
 MASK_SOURCES = ("auto", "files", "csv")
 # What a "checked" record vouches for: a new version here re-checks listings checked by an older one.
-_CHECKS = "headers, file ends, csv rows"
+_CHECKS = "headers, file ends, csv rows, rotated photos"
 
 
 def labelled_samples(
@@ -105,6 +106,22 @@ def check_rle_rows(path: Path, rows: Sequence[rle.Row], sizes: Mapping[str, tupl
         )
 
 
+def _check_orientation(masks_csv: Path, sizes: Mapping[Path, tuple[int, int]]) -> None:
+    """Photos stored rotated (W x H where the others are H x W) under train_masks.csv, named: a run-length
+    string counts pixels only, so its row would fit the rotated photo and decode into a scrambled mask."""
+    counts = Counter(sizes.values())
+    if not counts:
+        return
+    (height, width), _ = counts.most_common(1)[0]
+    rotated = sorted(path.name for path, size in sizes.items() if height != width and size == (width, height))
+    if rotated:
+        raise DataError(
+            f"{len(rotated)} photos are {width}x{height} (H x W) where the others are {height}x{width}: "
+            f"stored rotated? {masks_csv.name}'s run-lengths are in the others' orientation; turn them "
+            f"back, or use data.mask_source=files:{listing(rotated)}"
+        )
+
+
 def _check_once(
     samples: Sequence[Sample],
     root: Path,
@@ -122,6 +139,7 @@ def _check_once(
             return False
     sizes = check_pairs(samples) or {}
     if masks_csv is not None and rows is not None:
+        _check_orientation(masks_csv, sizes)
         check_rle_rows(masks_csv, rows, {s.name: sizes.get(s.image) for s in samples})
     if record is not None:
         record.parent.mkdir(parents=True, exist_ok=True)

@@ -428,7 +428,7 @@ def test_a_folder_begun_without_flip_tta_is_finished_by_passing_it_again(trained
     test = photos(tmp_path)
     predict(predict_cfg(ckpt, test, tmp_path / "out", "tta_hflip=false"))
     with pytest.raises(
-        InputError, match=r"differs in: tta_hflip\); pass tta_hflip=false to finish it as it began"
+        InputError, match=r"differs in: tta_hflip\); pass 'tta_hflip=false' to finish it as it began"
     ):
         predict(predict_cfg(ckpt, test, tmp_path / "out"))
     assert predict(predict_cfg(ckpt, test, tmp_path / "out", "tta_hflip=false"))["predicted_now"] == 0

@@ -221,10 +221,17 @@ def test_a_sweep_into_a_folder_whose_jobs_hold_runs_is_refused_and_a_restarted_j
     assert exited.value.code == 2
     with pytest.raises(InputError, match=r"resume it with ckpt_path=.*1/checkpoints/best\.ckpt"):
         check_fresh(sweep / "1")
+    with pytest.raises(InputError, match=r"sweep into a new folder .*storage=sqlite:///.*optuna\.db"):
+        check_fresh(sweep / "1", sweep)  # one ckpt_path would resume every job of a sweep from it
     FreshRunFolder().on_multirun_start(
         OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}, "ckpt_path": "x"})
     )
-    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")  # requeued by SLURM: Lightning resumes it in place
+    # Requeued by SLURM: Lightning resumes the job in place from its hpc_ckpt, so it is no fresh run.
+    monkeypatch.setenv("SLURM_NTASKS", "1")
+    monkeypatch.setenv("SLURM_JOB_NAME", "train")
+    with pytest.raises(InputError):
+        check_fresh(sweep / "1")  # under SLURM, but nothing to resume from
+    (sweep / "1" / "hpc_ckpt_1.ckpt").write_bytes(b"weights")
     check_fresh(sweep / "1")
 
 

@@ -34,10 +34,9 @@ _REDUCED_FLAGS = (
 )
 # What PIL raises on a damaged or hostile file: OSError (UnidentifiedImageError, "image file is
 # truncated"), SyntaxError ("broken PNG file"), EOFError and DecompressionBombError, which is no OSError;
-# opening a file also ValueError (a PNG text chunk that decompresses past PIL's limit), which elsewhere
-# would be a caller's bug (a size of 0).
-_PIL_ERRORS = (OSError, SyntaxError, EOFError, Image.DecompressionBombError)
-_PIL_OPEN_ERRORS = (*_PIL_ERRORS, ValueError)
+# reading a file also ValueError (a PNG text chunk that inflates past PIL's limit, met when the file is
+# opened or, after the pixels, when they are decoded).
+_PIL_ERRORS = (OSError, SyntaxError, EOFError, ValueError, Image.DecompressionBombError)
 _JPEG, _PNG, _GIF = b"\xff\xd8", b"\x89PNG\r\n\x1a\n", b"GIF8"
 _PNG_END = b"IEND\xaeB`\x82"  # the IEND chunk's type and CRC: the last 8 bytes of every whole PNG
 _TAIL = 4096  # bytes read from the end of a JPEG or PNG for its end marker
@@ -49,7 +48,7 @@ def image_size(path: str | Path, data: bytes | None = None) -> tuple[int, int]:
     try:
         with Image.open(io.BytesIO(data) if data is not None else path) as img:
             width, height = img.size
-    except _PIL_OPEN_ERRORS as err:
+    except _PIL_ERRORS as err:
         raise DataError(f"cannot read image file {path}: {err}") from err
     return height, width
 
@@ -333,7 +332,8 @@ def _mask_values(img: Image.Image, path: str | Path | None = None) -> tuple[np.n
     rgba = np.asarray(img.convert("RGBA"))
     grey = cv2.max(cv2.max(rgba[..., 0], rgba[..., 1]), rgba[..., 2])
     low, high = cv2.minMaxLoc(grey)[:2]
-    if low == high > 0 and any(np.ptp(rgba[..., channel]) for channel in range(3)):
+    opaque_alike = not np.ptp(rgba[..., 3])  # transparency, where there is some, tells car from background
+    if low == high > 0 and opaque_alike and any(np.ptp(rgba[..., c]) >= _BRIGHT - _DARK for c in range(3)):
         # A red car on white, or on green: one brightness, two colours, and no telling which is the car.
         raise DataError(
             f"mask {path} has colours of one brightness ({int(high)}): which is car cannot be told; save "
@@ -392,7 +392,7 @@ def check_mask(path: str | Path) -> tuple[int, int]:
             width, height = img.size
             proven = img.mode == "1" or (img.mode == "P" and len(np.unique(_palette_brightness(img))) <= 2)
             counts = None if proven else _brightness_counts(img, path)
-    except _PIL_OPEN_ERRORS as err:
+    except _PIL_ERRORS as err:
         raise DataError(f"cannot read mask file {path}: {err}") from err
     if counts is not None:
         _car_from(counts, path, _GREY_SHARE / 2)

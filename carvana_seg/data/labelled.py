@@ -107,18 +107,25 @@ def check_rle_rows(path: Path, rows: Sequence[rle.Row], sizes: Mapping[str, tupl
 
 
 def _check_orientation(masks_csv: Path, sizes: Mapping[Path, tuple[int, int]]) -> None:
-    """Photos stored rotated (W x H where the others are H x W) under train_masks.csv, named: a run-length
-    string counts pixels only, so its row would fit the rotated photo and decode into a scrambled mask."""
+    """Photos turned on their side (W x H where most are H x W) under train_masks.csv, named in a warning:
+    a run-length string counts pixels only, so a row written before its photo was rotated fits it and
+    decodes into a scrambled mask. A warning, not a refusal: a data set may hold both orientations."""
     counts = Counter(sizes.values())
     if not counts:
         return
     (height, width), _ = counts.most_common(1)[0]
     rotated = sorted(path.name for path, size in sizes.items() if height != width and size == (width, height))
     if rotated:
-        raise DataError(
-            f"{len(rotated)} photos are {width}x{height} (H x W) where the others are {height}x{width}: "
-            f"stored rotated? {masks_csv.name}'s run-lengths are in the others' orientation; turn them "
-            f"back, or use data.mask_source=files:{listing(rotated)}"
+        log.warning(
+            "%d photos are %dx%d (H x W) where most are %dx%d: if they were turned after %s was written, "
+            "their masks decode scrambled; turn them back:%s",
+            len(rotated),
+            width,
+            height,
+            height,
+            width,
+            masks_csv.name,
+            listing(rotated),
         )
 
 

@@ -144,7 +144,7 @@ class Output:
         options = [k for k in different if k in RESUMABLE_OPTIONS]
         finish = (
             "pass "
-            + " ".join(f"{k}={json.dumps(previous.get(k))}" for k in options)
+            + " ".join(f"'{k}={json.dumps(previous.get(k), separators=(',', ':'))}'" for k in options)
             + " to finish it as it began, "
             if options == different
             else ""

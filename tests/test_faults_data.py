@@ -398,9 +398,13 @@ def test_training_pairs_a_tagged_photo_with_its_mask(tmp_path):
         assert difference < 3  # the same pixels (re-saved as JPEG), not a rotated photo
 
 
-def palette_mask(mask: np.ndarray, index: int, colour: tuple[int, int, int]) -> Image.Image:
+def palette_mask(
+    mask: np.ndarray, index: int, colour: tuple[int, int, int], background: tuple[int, int, int] = (0, 0, 0)
+) -> Image.Image:
+    """The mask as a palette image: the car at `index` in `colour`, the background at index 0."""
     image = Image.fromarray(mask * np.uint8(index), mode="P")
     palette = [0, 0, 0] * 256
+    palette[0:3] = background
     palette[3 * index : 3 * index + 3] = colour
     image.putpalette(palette)
     return image
@@ -541,6 +545,17 @@ def test_a_car_of_one_colour_on_another_of_the_same_brightness_is_refused(tmp_pa
     Image.fromarray(rgb).save(path)
     for read in (read_mask, check_mask):
         with pytest.raises(DataError, match=rf"mask {path} has colours of one brightness \(255\)"):
+            read(path)
+
+
+@pytest.mark.parametrize("suffix", [".gif", ".png"])
+def test_a_palette_mask_of_a_red_car_on_white_is_refused_at_set_up_and_when_read(tmp_path, suffix):
+    # Index 0 white, index 1 red: brightest-is-car sees one brightness, and the header alone no longer
+    # vouches for a palette that holds two such colours.
+    path = tmp_path / f"m_mask{suffix}"
+    palette_mask(reference_mask(), 1, (255, 0, 0), background=(255, 255, 255)).save(path)
+    for read in (check_mask, read_mask):
+        with pytest.raises(DataError, match=rf"^mask {path} has colours of one brightness \(255\)"):
             read(path)
 
 

@@ -286,16 +286,20 @@ def _car_from(counts: np.ndarray, path: str | Path | None, grey_share: float = _
     return 128
 
 
-def _palette_brightness(img: Image.Image) -> np.ndarray:
-    """The brightness of each of a palette image's 256 indices (those past its palette: black), read
-    from the header: `getpalette` would decode the whole image first."""
+def _palette_entries(img: Image.Image) -> np.ndarray:
+    """A palette image's colours (n <= 256, 3 or 4 channels), read from the header: `getpalette` would
+    decode the whole image first."""
     palette = img.palette
     if palette is not None and palette.rawmode is None and palette.mode in ("RGB", "RGBA"):
         channels = len(palette.mode)
         raw = np.frombuffer(bytes(palette.palette), np.uint8)
-        entries = raw[: len(raw) // channels * channels].reshape(-1, channels)[:256]
-    else:
-        entries = np.asarray(img.getpalette("RGB") or [0, 0, 0], np.uint8).reshape(-1, 3)[:256]
+        return raw[: len(raw) // channels * channels].reshape(-1, channels)[:256]
+    return np.asarray(img.getpalette("RGB") or [0, 0, 0], np.uint8).reshape(-1, 3)[:256]
+
+
+def _palette_brightness(img: Image.Image) -> np.ndarray:
+    """The brightness of each of a palette image's 256 indices (those past its palette: black)."""
+    entries = _palette_entries(img)
     brightness = np.zeros(256, np.uint8)
     brightness[: len(entries)] = entries[:, :3].max(axis=1)
     if entries.shape[1] == 4:
@@ -318,7 +322,10 @@ def _mask_values(img: Image.Image, path: str | Path | None = None) -> tuple[np.n
     pixel is background): palettes through their colours, 16-bit and 32-bit greys scaled to 8 bits.
     """
     if img.mode == "P":
-        return np.asarray(img), _palette_brightness(img)
+        values = np.asarray(img)
+        if not _two_plain_levels(img):  # Kaggle's palette (black, white) needs no count of the indices
+            _check_palette_colours(img, np.flatnonzero(np.bincount(values.ravel(), minlength=256)), path)
+        return values, _palette_brightness(img)
     if img.mode == "L":
         return np.asarray(img), None
     if img.mode == "1":
@@ -332,14 +339,30 @@ def _mask_values(img: Image.Image, path: str | Path | None = None) -> tuple[np.n
     rgba = np.asarray(img.convert("RGBA"))
     grey = cv2.max(cv2.max(rgba[..., 0], rgba[..., 1]), rgba[..., 2])
     low, high = cv2.minMaxLoc(grey)[:2]
-    opaque_alike = not np.ptp(rgba[..., 3])  # transparency, where there is some, tells car from background
-    if low == high > 0 and opaque_alike and any(np.ptp(rgba[..., c]) >= _BRIGHT - _DARK for c in range(3)):
-        # A red car on white, or on green: one brightness, two colours, and no telling which is the car.
+    if low == high and not np.ptp(rgba[..., 3]):  # transparency, where there is some, tells them apart
+        _one_brightness(max(int(np.ptp(rgba[..., c])) for c in range(3)), int(high), path)
+    return cv2.multiply(grey, rgba[..., 3], scale=1 / 255), None
+
+
+def _check_palette_colours(img: Image.Image, used: np.ndarray, path: str | Path | None) -> None:
+    """`_one_brightness` for the palette indices `used` by a palette image."""
+    brightness = _palette_brightness(img)[used]
+    if len(np.unique(brightness)) == 1:  # one brightness over the whole mask: in which colours?
+        colours = np.zeros((256, 3), np.int16)
+        entries = _palette_entries(img)[:, :3]
+        colours[: len(entries)] = entries
+        _one_brightness(int(np.ptp(colours[used], axis=0).max()), int(brightness[0]), path)
+
+
+def _one_brightness(spread: int, brightness: int, path: str | Path | None) -> None:
+    """A DataError for a mask whose every pixel has one non-black brightness in colours that differ
+    clearly (`spread`: the widest range of a channel over them): a red car on white, or on green, which
+    brightest-is-car would read as all car, and where nothing tells which colour is the car."""
+    if brightness > 0 and spread >= _BRIGHT - _DARK:
         raise DataError(
-            f"mask {path} has colours of one brightness ({int(high)}): which is car cannot be told; save "
+            f"mask {path} has colours of one brightness ({brightness}): which is car cannot be told; save "
             "it with a black background and a white car"
         )
-    return cv2.multiply(grey, rgba[..., 3], scale=1 / 255), None
 
 
 def read_mask(
@@ -361,11 +384,24 @@ def read_mask(
                 if size is not None and img.size != (size[1], size[0]):
                     img = img.resize((size[1], size[0]), Image.Resampling.NEAREST)
                 values, brightness = _mask_values(img, path)
+    except DataError:  # a ValueError too: ours, already naming the file
+        raise
     except _PIL_ERRORS as err:
         raise DataError(f"cannot read mask file {path}: {err}") from err
     if expect_size is not None and stored != tuple(expect_size):
         raise DataError(f"mask {path} is {stored[0]}x{stored[1]}, its photo {tuple(expect_size)}")
     return binarize_mask(values, brightness, path)
+
+
+def _two_plain_levels(img: Image.Image) -> bool:
+    """A palette whose colours have at most two brightness levels, no two clearly different colours
+    sharing a lit one (Kaggle's GIFs, `encode_mask`'s): its header proves the mask two-coloured."""
+    entries = _palette_entries(img)[:, :3].astype(np.int16)
+    brightness = _palette_brightness(img)[: len(entries)]
+    if len(np.unique(brightness)) > 2:
+        return False
+    lit = entries[brightness > 0]
+    return len(lit) < 2 or np.ptp(lit, axis=0).max() < _BRIGHT - _DARK
 
 
 def _brightness_counts(img: Image.Image, path: str | Path) -> np.ndarray:
@@ -374,6 +410,7 @@ def _brightness_counts(img: Image.Image, path: str | Path) -> np.ndarray:
         return np.asarray(img.histogram(), np.float64)
     if img.mode == "P":
         by_index = np.asarray(img.histogram(), np.float64)
+        _check_palette_colours(img, np.flatnonzero(by_index), path)
         return np.bincount(_palette_brightness(img), weights=by_index, minlength=256)
     values, _ = _mask_values(img, path)
     return np.bincount(values.ravel(), minlength=256).astype(np.float64)
@@ -390,8 +427,10 @@ def check_mask(path: str | Path) -> tuple[int, int]:
     try:
         with Image.open(path) as img:
             width, height = img.size
-            proven = img.mode == "1" or (img.mode == "P" and len(np.unique(_palette_brightness(img))) <= 2)
+            proven = img.mode == "1" or (img.mode == "P" and _two_plain_levels(img))
             counts = None if proven else _brightness_counts(img, path)
+    except DataError:  # a ValueError too: ours, already naming the file
+        raise
     except _PIL_ERRORS as err:
         raise DataError(f"cannot read mask file {path}: {err}") from err
     if counts is not None:

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from carvana_seg import options
 from carvana_seg.config import CONF_DIR
-from carvana_seg.core.module import SegmentationModule
+from carvana_seg.core.module import SegmentationModule, flip_mean
 from carvana_seg.errors import InputError, exit_on_input_error
 from carvana_seg.inference.exported import SIZE_KEY, THRESHOLD_KEY, TTA_KEY
 
@@ -84,9 +84,8 @@ class PhotoModel(nn.Module):
         small = area_axis(area_axis(photo.float(), self.width, 3), self.height, 2)
         normalised = (small - self.mean) / self.std
         logits = self.net(normalised)
-        if self.tta_hflip:  # SegmentationModule.predict_logits' average, so that the masks are predict's
-            mirrored = self.net(normalised.flip(-1)).flip(-1)
-            logits = torch.logit((torch.sigmoid(logits) + torch.sigmoid(mirrored)) / 2, eps=1e-7)
+        if self.tta_hflip:
+            logits = flip_mean(logits, self.net(normalised.flip(-1)).flip(-1))
         logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
         return torch.sigmoid(logits)
 

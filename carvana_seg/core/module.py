@@ -34,6 +34,12 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def flip_mean(logits: Tensor, mirrored: Tensor) -> Tensor:
+    """Flip TTA: the logit of the mean probability of a photo's logits and of its mirror image's (flipped
+    back). The exported graph computes the same, so that its masks are predict's."""
+    return torch.logit((torch.sigmoid(logits) + torch.sigmoid(mirrored)) / 2, eps=1e-7)
+
+
 def build_scheduler(factory: Callable[..., Any], optimizer: Optimizer, steps: int) -> Any:
     """The configured schedule over `optimizer`, its length left null in the config (OneCycleLR's
     `total_steps`, CosineAnnealingLR's `T_max`) filled in with the run's `steps` optimiser steps."""
@@ -137,9 +143,7 @@ class SegmentationModule(pl.LightningModule):
         DivergedError, naming the photos when `names` are given: one reduction per batch."""
         logits = self(images).float()
         if tta_hflip:
-            mirrored = self(images.flip(-1)).float().flip(-1)
-            probability = (torch.sigmoid(logits) + torch.sigmoid(mirrored)) / 2
-            logits = torch.logit(probability, eps=1e-7)
+            logits = flip_mean(logits, self(images.flip(-1)).float().flip(-1))
         if not bool(torch.isfinite(logits).all()):
             which = f" for {', '.join(names)}" if names else ""
             raise DivergedError(

@@ -286,20 +286,18 @@ def _car_from(counts: np.ndarray, path: str | Path | None, grey_share: float = _
     return 128
 
 
-def _palette_entries(img: Image.Image) -> np.ndarray:
-    """A palette image's colours (n <= 256, 3 or 4 channels), read from the header: `getpalette` would
-    decode the whole image first."""
+def _palette(img: Image.Image) -> tuple[np.ndarray, np.ndarray]:
+    """The RGB colour (256 x 3, int16) and brightness (256, uint8) of each of a palette image's indices
+    (those past its palette: black), read from the header: `getpalette` would decode the whole image."""
     palette = img.palette
     if palette is not None and palette.rawmode is None and palette.mode in ("RGB", "RGBA"):
         channels = len(palette.mode)
         raw = np.frombuffer(bytes(palette.palette), np.uint8)
-        return raw[: len(raw) // channels * channels].reshape(-1, channels)[:256]
-    return np.asarray(img.getpalette("RGB") or [0, 0, 0], np.uint8).reshape(-1, 3)[:256]
-
-
-def _palette_brightness(img: Image.Image) -> np.ndarray:
-    """The brightness of each of a palette image's 256 indices (those past its palette: black)."""
-    entries = _palette_entries(img)
+        entries = raw[: len(raw) // channels * channels].reshape(-1, channels)[:256]
+    else:
+        entries = np.asarray(img.getpalette("RGB") or [0, 0, 0], np.uint8).reshape(-1, 3)[:256]
+    colours = np.zeros((256, 3), np.int16)
+    colours[: len(entries)] = entries[:, :3]
     brightness = np.zeros(256, np.uint8)
     brightness[: len(entries)] = entries[:, :3].max(axis=1)
     if entries.shape[1] == 4:
@@ -312,7 +310,7 @@ def _palette_brightness(img: Image.Image) -> np.ndarray:
     elif isinstance(transparency, bytes):
         alpha = np.frombuffer(transparency[:256], np.uint8)
         brightness[: len(alpha)] = (brightness[: len(alpha)].astype(np.uint16) * alpha + 127) // 255
-    return brightness
+    return colours, brightness
 
 
 def _mask_values(img: Image.Image, path: str | Path | None = None) -> tuple[np.ndarray, np.ndarray | None]:
@@ -322,10 +320,11 @@ def _mask_values(img: Image.Image, path: str | Path | None = None) -> tuple[np.n
     pixel is background): palettes through their colours, 16-bit and 32-bit greys scaled to 8 bits.
     """
     if img.mode == "P":
-        values = np.asarray(img)
-        if not _two_plain_levels(img):  # Kaggle's palette (black, white) needs no count of the indices
-            _check_palette_colours(img, np.flatnonzero(np.bincount(values.ravel(), minlength=256)), path)
-        return values, _palette_brightness(img)
+        values, (colours, brightness) = np.asarray(img), _palette(img)
+        if not _two_plain_levels(colours, brightness):  # Kaggle's (black, white) needs no count of indices
+            used = np.flatnonzero(np.bincount(values.ravel(), minlength=256))
+            _check_palette_colours(colours, brightness, used, path)
+        return values, brightness
     if img.mode == "L":
         return np.asarray(img), None
     if img.mode == "1":
@@ -344,14 +343,12 @@ def _mask_values(img: Image.Image, path: str | Path | None = None) -> tuple[np.n
     return cv2.multiply(grey, rgba[..., 3], scale=1 / 255), None
 
 
-def _check_palette_colours(img: Image.Image, used: np.ndarray, path: str | Path | None) -> None:
-    """`_one_brightness` for the palette indices `used` by a palette image."""
-    brightness = _palette_brightness(img)[used]
-    if len(np.unique(brightness)) == 1:  # one brightness over the whole mask: in which colours?
-        colours = np.zeros((256, 3), np.int16)
-        entries = _palette_entries(img)[:, :3]
-        colours[: len(entries)] = entries
-        _one_brightness(int(np.ptp(colours[used], axis=0).max()), int(brightness[0]), path)
+def _check_palette_colours(
+    colours: np.ndarray, brightness: np.ndarray, used: np.ndarray, path: str | Path | None
+) -> None:
+    """`_one_brightness` for the palette indices `used` by a mask (`_palette`'s colours and brightness)."""
+    if len(np.unique(brightness[used])) == 1:  # one brightness over the whole mask: in which colours?
+        _one_brightness(int(np.ptp(colours[used], axis=0).max()), int(brightness[used[0]]), path)
 
 
 def _one_brightness(spread: int, brightness: int, path: str | Path | None) -> None:
@@ -393,14 +390,12 @@ def read_mask(
     return binarize_mask(values, brightness, path)
 
 
-def _two_plain_levels(img: Image.Image) -> bool:
-    """A palette whose colours have at most two brightness levels, no two clearly different colours
-    sharing a lit one (Kaggle's GIFs, `encode_mask`'s): its header proves the mask two-coloured."""
-    entries = _palette_entries(img)[:, :3].astype(np.int16)
-    brightness = _palette_brightness(img)[: len(entries)]
+def _two_plain_levels(colours: np.ndarray, brightness: np.ndarray) -> bool:
+    """A palette (`_palette`'s colours and brightness) of at most two brightness levels, no two clearly
+    different colours sharing a lit one (Kaggle's GIFs, `encode_mask`'s): it proves the mask two-coloured."""
     if len(np.unique(brightness)) > 2:
         return False
-    lit = entries[brightness > 0]
+    lit = colours[brightness > 0]
     return len(lit) < 2 or np.ptp(lit, axis=0).max() < _BRIGHT - _DARK
 
 
@@ -410,8 +405,9 @@ def _brightness_counts(img: Image.Image, path: str | Path) -> np.ndarray:
         return np.asarray(img.histogram(), np.float64)
     if img.mode == "P":
         by_index = np.asarray(img.histogram(), np.float64)
-        _check_palette_colours(img, np.flatnonzero(by_index), path)
-        return np.bincount(_palette_brightness(img), weights=by_index, minlength=256)
+        colours, brightness = _palette(img)
+        _check_palette_colours(colours, brightness, np.flatnonzero(by_index), path)
+        return np.bincount(brightness, weights=by_index, minlength=256)
     values, _ = _mask_values(img, path)
     return np.bincount(values.ravel(), minlength=256).astype(np.float64)
 
@@ -427,7 +423,7 @@ def check_mask(path: str | Path) -> tuple[int, int]:
     try:
         with Image.open(path) as img:
             width, height = img.size
-            proven = img.mode == "1" or (img.mode == "P" and _two_plain_levels(img))
+            proven = img.mode == "1" or (img.mode == "P" and _two_plain_levels(*_palette(img)))
             counts = None if proven else _brightness_counts(img, path)
     except DataError:  # a ValueError too: ours, already naming the file
         raise

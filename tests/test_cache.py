@@ -89,7 +89,9 @@ def test_a_listing_checked_once_is_not_read_again(tmp_path, monkeypatch):
     root = write_carvana(tmp_path / "data", cars=3, views=2, size=(48, 72))
     datamodule(root, tmp_path / "cache", cache=False)
     calls = []
-    monkeypatch.setattr("carvana_seg.data.labelled.check_pairs", lambda samples: calls.append(len(samples)))
+    monkeypatch.setattr(
+        "carvana_seg.data.labelled.check_pairs", lambda samples, **_: calls.append(len(samples))
+    )
     datamodule(root, tmp_path / "cache", cache=False)
     assert calls == []  # unchanged files: stat only
     (root / "train" / f"{car_id(0)}_01.jpg").touch()

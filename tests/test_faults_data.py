@@ -3,7 +3,8 @@ row) before any long work, never a crash mid-training nor a silent wrong answer.
 
 - train_masks.csv rows that are broken (odd count, runs outside the photo, unsorted or overlapping,
   not numbers, an image listed twice, a missing column) stop the set-up, naming the file, row and image;
-- truncated photos and masks stop the set-up (a truncated JPEG decodes into grey without an error);
+- truncated photos and masks stop the set-up (a truncated JPEG decodes into grey without an error), and
+  so do photos and masks damaged inside (a JPEG with a hole of zeros decodes smeared without an error);
 - a photo with an EXIF orientation tag is read as stored, like its mask; RGB masks, palette masks with
   the car at any index and other two-colour encodings read right; a mask that is not two-coloured is
   refused;
@@ -303,6 +304,62 @@ def test_a_whole_jpeg_with_a_phones_trailer_after_its_end_marker_is_accepted(tmp
         check_complete(cut)
 
 
+def punch_hole(path: Path, size: int = 1024) -> None:
+    """Zero `size` bytes in the middle of the file, as an interrupted copy or a sparse download leaves
+    them: the JPEG's end marker stays in place."""
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + size] = bytes(size)
+    path.write_bytes(bytes(data))
+
+
+def damage_gif(path: Path) -> None:
+    """Scramble 8 bytes of a GIF's compressed pixels, its block structure left whole."""
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    for i in range(middle, middle + 8):
+        data[i] ^= 0x5A
+    path.write_bytes(bytes(data))
+    check_complete(path)  # the damage is inside the data: the structure walk passes it
+
+
+def test_a_jpeg_with_a_hole_of_zeros_is_refused_where_opencv_and_pil_decode_it_smeared(tmp_path):
+    photo = big_photo(tmp_path / "photo.jpg")
+    punch_hole(photo)
+    check_complete(photo)  # whole to the end marker
+    assert cv2.imread(str(photo)) is not None  # OpenCV: smeared blocks and a libjpeg warning only
+    with Image.open(photo) as img:
+        img.load()  # PIL: the same, silently
+    with pytest.raises(DataError, match=rf"{photo} is damaged \(libjpeg: Corrupt JPEG data"):
+        read_image(photo, (64, 96))
+    with pytest.raises(DataError, match=rf"{photo} is damaged"):
+        read_image(photo)  # full size, as evaluate reads it
+    item = PhotoDataset([photo], (32, 48))[0]  # predict and evaluate: the item carries the error
+    assert "is damaged" in item["error"] and item["full_size"] == (0, 0)
+
+
+def test_a_damaged_photo_or_gif_mask_stops_the_setup_naming_it_before_training(tmp_path):
+    root = write_carvana(tmp_path / "data", size=(64, 96))
+    photo = big_photo(root / "train" / f"{car_id(1)}_03.jpg", (64, 96))
+    punch_hole(photo)
+    mask = root / "train_masks" / f"{car_id(2)}_04_mask.gif"
+    mask.write_bytes(encode_mask(np.random.default_rng(0).integers(0, 2, (64, 96), dtype=np.uint8), "gif"))
+    damage_gif(mask)
+    expected = rf"(?s)2 unreadable, truncated, damaged.*{photo.name} is damaged.*{mask.name}: broken data"
+    with pytest.raises(DataError, match=expected):
+        setup_data(root, tmp_path)
+
+
+def test_mask_files_beside_train_masks_csv_are_not_decoded_since_training_reads_the_csv(tmp_path):
+    root = write_carvana(tmp_path / "data", size=(64, 96), masks_csv=True)
+    mask = root / "train_masks" / f"{car_id(2)}_04_mask.gif"
+    mask.write_bytes(encode_mask(np.random.default_rng(0).integers(0, 2, (64, 96), dtype=np.uint8), "gif"))
+    damage_gif(mask)
+    assert len(setup_data(root, tmp_path).train_set) > 0  # its header and end are whole: not read
+    with pytest.raises(DataError, match=rf"{mask.name}: broken data"):
+        setup_data(root, tmp_path / "files", mask_source="files")
+
+
 @pytest.mark.parametrize(
     "which,fmt",
     [("photo", "jpg"), ("photo", "png"), ("mask", "gif"), ("mask", "png")],
@@ -346,12 +403,16 @@ def test_a_file_truncated_after_it_was_checked_is_checked_again(tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_a_truncated_photo_exits_2_naming_it_before_training(tmp_path):
+def test_cli_a_truncated_or_damaged_photo_exits_2_naming_it_before_training(tmp_path):
     data = write_carvana(tmp_path / "data", size=(64, 96))
     photo = big_photo(data / "train" / f"{car_id(0)}_02.jpg", (64, 96))
     truncate(photo)
+    damaged = big_photo(data / "train" / f"{car_id(1)}_04.jpg", (64, 96))
+    punch_hole(damaged)
     code, output = train_cli(data, tmp_path)
-    assert_stopped_before_training(code, output, tmp_path, str(photo), "truncated")
+    assert_stopped_before_training(
+        code, output, tmp_path, f"{photo} is truncated", f"{damaged} is damaged (libjpeg: Corrupt JPEG data"
+    )
 
 
 # --- 3. odd but valid files read right; masks that are not two-coloured are refused -----------------

@@ -71,8 +71,9 @@ class CarvanaDataModule(pl.LightningDataModule):
             finer mask aligned; other geometric transforms are refused.
         hflip_p: probability of a horizontal flip of a training sample.
         augment: extra albumentations transforms for training samples (after the flip).
-        check_files: read every file header at setup, so bad files stop the run before training;
-            remembered (in `cache_dir`) until a file changes, so later start-ups only stat the files.
+        check_files: decode every photo (a JPEG at 1/8 scale) and every mask file training reads at
+            setup, so bad files stop the run before training; remembered (in `cache_dir`) until a file
+            changes, so later start-ups only stat the files.
         cache: decode and resize every sample once into uint8 memory-mapped arrays in `cache_dir`,
             reused by later epochs, runs and sweep jobs, rebuilt when a file changes.
         cache_dir: where the decoded cache and the record of checked listings live.

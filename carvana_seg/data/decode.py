@@ -1,17 +1,19 @@
 """Read Carvana photos and masks from disk, already reduced towards the training size (and write
 masks in the same formats).
 
-JPEGs go through OpenCV, whose libjpeg-turbo can decode straight to 1/2, 1/4 or 1/8 of the full size
-(much cheaper than decoding 1918x1280 and shrinking); the last step to the exact size uses area
-interpolation. Masks go through PIL, which reads the Kaggle GIFs about 3x faster than OpenCV, and are
-resized with exact nearest-neighbour sampling so they stay binary.
+JPEGs go through simplejpeg's libjpeg-turbo, which decodes straight to 1/2, 1/4 or 1/8 of the full size
+(much cheaper than decoding 1918x1280 and shrinking) and, in its strict mode, turns libjpeg's "corrupt
+data" warnings into errors: OpenCV and PIL decode a JPEG with a damaged stretch (a hole of zeros from
+an interrupted copy) into smeared blocks without an error. Other photos go through OpenCV. The last
+step to the exact size uses area interpolation. Masks go through PIL, which reads the Kaggle GIFs about
+3x faster than OpenCV, and are resized with exact nearest-neighbour sampling so they stay binary.
 
-Every file is read as stored: an EXIF orientation tag is ignored by OpenCV as PIL ignores it, so a
-photo, its header size and its mask (Kaggle's masks are in the stored orientation) always agree. A file
-cut short is an error, never half a photo: OpenCV decodes a truncated JPEG into grey with only a
-warning, so `read_image` checks the format's end marker first (`check_complete` does the same from the
-last bytes alone, for the set-up check of every file; a JPEG without the marker at its end is walked
-marker by marker before it is called truncated, as phones append data after it).
+Every file is read as stored: an EXIF orientation tag is ignored here as PIL ignores it, so a photo,
+its header size and its mask (Kaggle's masks are in the stored orientation) always agree. A file cut
+short is an error, never half a photo: `read_image` checks the format's end marker first
+(`check_complete` does the same from the last bytes alone; a JPEG without the marker at its end is
+walked marker by marker before it is called truncated, as phones append data after it). `check_photo`
+and `check_mask` decode a whole file once, for the set-up check that runs before training.
 """
 
 from __future__ import annotations
@@ -23,15 +25,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import simplejpeg
 from PIL import Image
 
 from carvana_seg.errors import DataError
 
-_REDUCED_FLAGS = (
-    (8, cv2.IMREAD_REDUCED_COLOR_8),
-    (4, cv2.IMREAD_REDUCED_COLOR_4),
-    (2, cv2.IMREAD_REDUCED_COLOR_2),
-)
+_REDUCTIONS = (8, 4, 2)  # the scales libjpeg decodes to directly (1/8, 1/4, 1/2), smallest first
 # What PIL raises on a damaged or hostile file: OSError (UnidentifiedImageError, "image file is
 # truncated"), SyntaxError ("broken PNG file"), EOFError and DecompressionBombError, which is no OSError;
 # reading a file also ValueError (a PNG text chunk that inflates past PIL's limit, met when the file is
@@ -167,13 +166,27 @@ def check_complete(path: str | Path) -> None:
         raise DataError(f"image file {path} {problem}: fetch it again or remove it")
 
 
-def read_image(path: str | Path, size: tuple[int, int] | None = None) -> np.ndarray:
-    """RGB uint8 array (H, W, 3) of the photo at `path`, resized to `size` = (H, W) when given.
+def _reduction(full: tuple[int, int], size: tuple[int, int] | None, exact: bool = True) -> int:
+    """The largest factor libjpeg can decode a `full`-sized JPEG down by that still covers `size`;
+    `exact`: only factors that divide the full size."""
+    if size is None:
+        return 1
+    for factor in _REDUCTIONS:
+        # libjpeg rounds a reduced size up (1918 / 8 -> 240 pixels covering 1920), which would shift a
+        # photo against its mask by up to 2 pixels: what is trained on or scored needs a factor that divides.
+        if exact and (full[0] % factor or full[1] % factor):
+            continue
+        if -(-full[0] // factor) >= size[0] and -(-full[1] // factor) >= size[1]:
+            return factor
+    return 1
 
-    The photo is decoded as stored (any EXIF orientation ignored, as in its header size and its mask);
-    a file cut short or damaged is a DataError naming it, never a partly grey photo.
-    """
-    path = Path(path)
+
+def _decode(
+    path: Path, size: tuple[int, int] | None, exact: bool = True
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """The photo at `path` as RGB, decoded at the largest reduction that still covers `size` (None:
+    full size; `exact` as in `_reduction`), and its header's (H, W). Every way the file can be broken
+    is a DataError naming it."""
     try:
         raw = path.read_bytes()  # once: the end check, the header and the decode all use these bytes
     except OSError as err:
@@ -182,30 +195,55 @@ def read_image(path: str | Path, size: tuple[int, int] | None = None) -> np.ndar
     problem = _cut_short(head, raw if head.startswith(_GIF) else raw[-_TAIL:], lambda: raw)
     if problem is not None:
         raise DataError(f"image file {path} {problem}: fetch it again or remove it")
-    data = np.frombuffer(raw, dtype=np.uint8)
-    full_h, full_w = image_size(path, raw)
-    flag, factor = cv2.IMREAD_COLOR, 1
-    if size is not None and head.startswith(_JPEG):
-        for candidate, reduced in _REDUCED_FLAGS:
-            # Only factors that divide the full size: libjpeg rounds a reduced size up (1918 / 8 -> 240
-            # pixels covering 1920), which would shift the photo against its mask by up to 2 pixels.
-            exact = full_h % candidate == 0 and full_w % candidate == 0
-            if exact and full_h // candidate >= size[0] and full_w // candidate >= size[1]:
-                flag, factor = reduced, candidate
-                break
-    try:
-        bgr = cv2.imdecode(data, flag | cv2.IMREAD_IGNORE_ORIENTATION)
-    except cv2.error as err:
-        raise DataError(f"cannot decode image {path}: {err}") from err
-    if bgr is None:
-        raise DataError(f"cannot decode image {path}")
-    if bgr.shape[:2] != (full_h // factor, full_w // factor):
+    full = image_size(path, raw)
+    if head.startswith(_JPEG):
+        factor = _reduction(full, size, exact)
+        try:
+            rgb = simplejpeg.decode_jpeg(
+                raw,
+                colorspace="RGB",
+                strict=True,
+                min_height=-(-full[0] // factor),
+                min_width=-(-full[1] // factor),
+            )
+        except ValueError as err:  # libjpeg's message: "Corrupt JPEG data: ...", "Bogus marker length"
+            raise DataError(
+                f"image file {path} is damaged (libjpeg: {err}): fetch it again or remove it; if it was "
+                "never damaged (some cameras write such errors), save it again as a clean JPEG or PNG"
+            ) from err
+    else:
+        factor = 1
+        try:
+            bgr = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+        except cv2.error as err:
+            raise DataError(f"cannot decode image {path}: {err}") from err
+        if bgr is None:
+            raise DataError(f"cannot decode image {path}")
+        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    if rgb.shape[:2] != (-(-full[0] // factor), -(-full[1] // factor)):
         raise DataError(
-            f"image {path} decodes to {bgr.shape[1]}x{bgr.shape[0]}, its header says {full_w}x{full_h}"
+            f"image {path} decodes to {rgb.shape[1]}x{rgb.shape[0]}, its header says {full[1]}x{full[0]}"
         )
-    if size is not None and bgr.shape[:2] != tuple(size):
-        bgr = cv2.resize(bgr, (size[1], size[0]), interpolation=cv2.INTER_AREA)
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)  # after the resize: fewer pixels to convert
+    return rgb, full
+
+
+def read_image(path: str | Path, size: tuple[int, int] | None = None) -> np.ndarray:
+    """RGB uint8 array (H, W, 3) of the photo at `path`, resized to `size` = (H, W) when given.
+
+    The photo is decoded as stored (any EXIF orientation ignored, as in its header size and its mask);
+    a file cut short or damaged is a DataError naming it, never a partly grey or smeared photo.
+    """
+    rgb, _ = _decode(Path(path), size)
+    if size is not None and rgb.shape[:2] != tuple(size):
+        rgb = cv2.resize(rgb, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+    return rgb
+
+
+def check_photo(path: str | Path) -> tuple[int, int]:
+    """(H, W) of a photo, checked by decoding it whole: a JPEG at 1/8 scale (~1.5 ms for a Kaggle
+    photo; libjpeg still reads every coefficient), another format at full size. Damaged data then
+    stops the set-up check, not a training epoch."""
+    return _decode(Path(path), (1, 1), exact=False)[1]
 
 
 _IDENTITY = np.arange(256, dtype=np.uint8)
@@ -412,18 +450,22 @@ def _brightness_counts(img: Image.Image, path: str | Path) -> np.ndarray:
     return np.bincount(values.ravel(), minlength=256).astype(np.float64)
 
 
-def check_mask(path: str | Path) -> tuple[int, int]:
+def check_mask(path: str | Path, decode: bool = True) -> tuple[int, int]:
     """(H, W) of a mask file, checked to read as a two-colour mask (a DataError naming it otherwise).
 
-    Free for 1-bit files and palette files whose palette has at most two brightness levels (Kaggle's
-    GIFs, `encode_mask`'s): their header proves it. Other files (grey or RGB PNGs) are decoded once
-    (~8 ms for 1918x1280), with half the grey share `read_mask` tolerates, so that a mask that passed
-    here is not refused later when it is read at another size.
+    For 1-bit files and palette files whose palette has at most two brightness levels (Kaggle's GIFs,
+    `encode_mask`'s) the header proves two colours; with `decode` (the masks training will read) the
+    pixels are decoded too (~6 ms for a Kaggle GIF), so that data PIL cannot decode (a GIF's broken
+    LZW stream) stops the set-up check, not a training epoch. Other files (grey or RGB PNGs) are
+    always decoded, to count them by brightness (~8 ms for 1918x1280), with half the grey share
+    `read_mask` tolerates, so that a mask that passed here is not refused later at another size.
     """
     try:
         with Image.open(path) as img:
             width, height = img.size
             proven = img.mode == "1" or (img.mode == "P" and _two_plain_levels(*_palette(img)))
+            if proven and decode:
+                img.load()
             counts = None if proven else _brightness_counts(img, path)
     except DataError:  # a ValueError too: ours, already naming the file
         raise

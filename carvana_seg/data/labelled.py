@@ -1,5 +1,5 @@
 """The labelled photos of a folder: each photo with its mask, read from the mask files or from
-train_masks.csv, every file (header and end) and every CSV row checked before any training or scoring
+train_masks.csv, every file (decoded once) and every CSV row checked before any training or scoring
 starts."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 MaskSource = Literal["auto", "files", "csv"]
 MASK_SOURCES = ("auto", "files", "csv")
 # What a "checked" record vouches for: a new version here re-checks listings checked by an older one.
-_CHECKS = "headers, file ends, csv rows, rotated photos"
+_CHECKS = "headers, file ends, decodes, csv rows, rotated photos"
 
 
 def labelled_samples(
@@ -35,7 +35,7 @@ def labelled_samples(
 
     `mask_source`: "files" reads train_masks/; "csv" decodes train_masks.csv; "auto" takes the CSV when
     it lists every photo (a run-length mask decodes ~25x faster than its GIF) and the files otherwise.
-    With `check_files`, every header is read and every file checked whole (and the CSV's rows against
+    With `check_files`, every file is decoded once and checked whole (and the CSV's rows against
     their photos' sizes), once per listing when `cache_dir` can record it; the CSV's rows are checked
     on every call all the same (~0.1 s per 1,000 rows), a broken row being a DataError naming it.
     """
@@ -136,7 +136,7 @@ def _check_once(
     masks_csv: Path | None = None,
     rows: Sequence[rle.Row] | None = None,
 ) -> bool:
-    """Read every header, check every file is whole and every CSV row against its photo's size,
+    """Decode every file once (header, end and data) and check every CSV row against its photo's size,
     unless this exact listing (names, sizes, times, and the CSV when it is used) passed before.
     Whether the checks ran."""
     record = None
@@ -144,7 +144,7 @@ def _check_once(
         record = cache_dir / "checked" / listing_key(sample_files(samples, masks_csv), root, _CHECKS)
         if record.exists():
             return False
-    sizes = check_pairs(samples) or {}
+    sizes = check_pairs(samples, decode_masks=masks_csv is None) or {}  # the CSV's masks: GIFs unread
     if masks_csv is not None and rows is not None:
         _check_orientation(masks_csv, sizes)
         check_rle_rows(masks_csv, rows, {s.name: sizes.get(s.image) for s in samples})

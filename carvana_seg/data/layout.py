@@ -15,11 +15,12 @@ import os
 import re
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from carvana_seg.data.decode import check_complete, check_mask, image_size
+from carvana_seg.data.decode import check_complete, check_mask, check_photo
 from carvana_seg.data.sample import Sample
 from carvana_seg.errors import DataError
 
@@ -101,7 +102,9 @@ def find_samples(root: str | Path, image_dir: str | None = None, labelled: bool 
     return [Sample(images[key], masks.get(key), key[0], key[1]) for key in sorted(images)]
 
 
-def _check_pair(sample: Sample) -> tuple[tuple[int, int] | None, list[str], str | None]:
+def _check_pair(
+    sample: Sample, decode_masks: bool = True
+) -> tuple[tuple[int, int] | None, list[str], str | None]:
     """One sample's photo size (None if unreadable), its files' problems, and a size mismatch."""
     sizes: list[tuple[int, int] | None] = []
     problems: list[str] = []
@@ -109,8 +112,11 @@ def _check_pair(sample: Sample) -> tuple[tuple[int, int] | None, list[str], str 
         if path is None:
             continue
         try:
-            check_complete(path)
-            sizes.append(image_size(path) if path == sample.image else check_mask(path))
+            if path == sample.image:
+                sizes.append(check_photo(path))  # its end marker first, then the decode
+            else:
+                check_complete(path)  # "truncated", before the decode's less direct message
+                sizes.append(check_mask(path, decode=decode_masks))
         except DataError as err:
             problems.append(str(err))
             sizes.append(None)
@@ -122,18 +128,20 @@ def _check_pair(sample: Sample) -> tuple[tuple[int, int] | None, list[str], str 
     return size, problems, mismatch
 
 
-def check_pairs(samples: Sequence[Sample]) -> dict[Path, tuple[int, int]]:
-    """Read every image's and mask's header, check that each file is whole (its format's end marker,
-    see `check_complete`) and each mask two-coloured (`check_mask`: free for Kaggle's GIFs, a decode
-    for other masks): unreadable, truncated or not two-coloured files and size mismatches stop here.
-    Returns the (H, W) of every image. Files are checked by a few threads (decoding and reading
-    release the GIL): ~0.13 ms per Kaggle pair."""
+def check_pairs(samples: Sequence[Sample], decode_masks: bool = True) -> dict[Path, tuple[int, int]]:
+    """Decode every image (`check_photo`: its end marker, header and data, a JPEG at 1/8 scale) and
+    check every mask (`check_mask`: whole and two-coloured, its pixels decoded when `decode_masks`,
+    i.e. when training reads the mask files rather than train_masks.csv): unreadable, truncated,
+    damaged or not two-coloured files and size mismatches stop here, before any training. Returns the
+    (H, W) of every image. Files are checked by a few threads (decoding and reading release the GIL)."""
     unreadable: list[str] = []
     mismatched: list[str] = []
     sizes: dict[Path, tuple[int, int]] = {}
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         for sample, (size, problems, mismatch) in zip(
-            samples, pool.map(_check_pair, samples, chunksize=32), strict=True
+            samples,
+            pool.map(partial(_check_pair, decode_masks=decode_masks), samples, chunksize=32),
+            strict=True,
         ):
             unreadable += problems
             if mismatch is not None:
@@ -142,7 +150,8 @@ def check_pairs(samples: Sequence[Sample]) -> dict[Path, tuple[int, int]]:
                 sizes[sample.image] = size
     if unreadable:
         raise DataError(
-            f"{len(unreadable)} unreadable, truncated or not two-coloured files:{listing(unreadable)}"
+            f"{len(unreadable)} unreadable, truncated, damaged or not two-coloured files:"
+            f"{listing(unreadable)}"
         )
     if mismatched:
         raise DataError(

@@ -8,10 +8,11 @@ from hydra import compose, initialize_config_dir
 
 from carvana_seg.errors import InputError
 from carvana_seg.tools.bench import bench
-from tests.conftest import CONF_DIR, ROOT
+from tests.conftest import CONF_DIR, ROOT, write_masks_csv
 
 
 def test_bench_prints_every_section_of_one_table(carvana_dir, tmp_path, capsys):
+    write_masks_csv(carvana_dir)  # Kaggle's layout: the start-up from train_masks.csv is measured too
     overrides = [
         "data=carvana",
         f"data.root={carvana_dir}",
@@ -46,6 +47,8 @@ def test_bench_prints_every_section_of_one_table(carvana_dir, tmp_path, capsys):
     )
     assert any("ONNX Runtime" in r["what"] for r in measured)
     assert any("without flip TTA" in r["what"] for r in measured)  # the cost of predict's second pass
+    assert any("start-up, train_masks.csv" in r["what"] for r in measured)
+    assert any(r["note"].endswith("pixels identical") for r in measured)  # the reader against OpenCV
     table = (tmp_path / "bench" / "table.md").read_text()
     assert table in capsys.readouterr().out and table.count("\n| ") == len(rows) + 1
 

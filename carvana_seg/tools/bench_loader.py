@@ -1,6 +1,7 @@
 """The benchmark's `loader` section: images/s of the public Carvana U-Net's per-item data path
 (reproduced here: PIL decode of the full photo and mask, PIL resize, a palette lookup per mask), of
-ours without and with the decoded cache, and the start-up time of a data set of Kaggle's size."""
+ours without and with the decoded cache, our photo reader at full size against OpenCV's decode, and the
+start-up time of a data set of Kaggle's size."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from omegaconf import DictConfig
@@ -20,6 +22,7 @@ from PIL import Image
 from carvana_seg.data import rle
 from carvana_seg.data.datamodule import CarvanaDataModule
 from carvana_seg.data.dataset import CarvanaDataset, train_augmentation
+from carvana_seg.data.decode import read_image
 from carvana_seg.data.layout import MASK_CSV, find_samples
 from carvana_seg.data.sample import Sample
 from carvana_seg.tools.bench_table import median_rate, row
@@ -71,6 +74,12 @@ def startup_farm(
             writer.writerow(["img", "rle_mask"])
             writer.writerows((name, rle_masks[source]) for name, source in names)
     return folder
+
+
+def _opencv_rgb(path: Path) -> np.ndarray:
+    """A photo as the reader decoded it before 864a7b1: OpenCV, then BGR to RGB."""
+    bgr = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 def bench_loader(cfg: DictConfig, root: Path, cache_dir: Path, rows: list[dict]) -> None:
@@ -142,6 +151,30 @@ def bench_loader(cfg: DictConfig, root: Path, cache_dir: Path, rows: list[dict])
             f"{size[0]}x{size[1]}, 1 process",
             rate=rate,
             note=f"{rate / baseline:.0f}x; cache built in {build:.1f} s",
+        )
+    )
+
+    # The photo reader at full size (evaluate, predict's overlays) against the OpenCV decode it replaced
+    # in 864a7b1 (same libjpeg-turbo; simplejpeg's strict mode names a damaged JPEG): same pixels?
+    photos = [samples[i % len(samples)].image for i in range(items)]
+    before = median_rate(lambda: run(lambda i: _opencv_rgb(photos[i % items])), cfg.repeats)
+    ours = median_rate(lambda: run(lambda i: read_image(photos[i % items])), cfg.repeats)
+    same = all(np.array_equal(_opencv_rgb(path), read_image(path)) for path in photos)
+    rows.append(
+        row(
+            "loader",
+            "photo at full size: OpenCV decode + BGR-to-RGB (before 864a7b1)",
+            "1 process",
+            rate=before,
+        )
+    )
+    rows.append(
+        row(
+            "loader",
+            "photo at full size: ours (read_image, simplejpeg strict)",
+            "1 process",
+            rate=ours,
+            note=f"{ours / before:.2f}x; pixels {'identical' if same else 'DIFFER'}",
         )
     )
 

@@ -227,16 +227,21 @@ def _decode(
     return rgb, full
 
 
+def read_photo(path: str | Path, size: tuple[int, int] | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+    """`read_image`'s photo and the (H, W) its header gives, from one read of the file."""
+    rgb, full = _decode(Path(path), size)
+    if size is not None and rgb.shape[:2] != tuple(size):
+        rgb = cv2.resize(rgb, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+    return rgb, full
+
+
 def read_image(path: str | Path, size: tuple[int, int] | None = None) -> np.ndarray:
     """RGB uint8 array (H, W, 3) of the photo at `path`, resized to `size` = (H, W) when given.
 
     The photo is decoded as stored (any EXIF orientation ignored, as in its header size and its mask);
     a file cut short or damaged is a DataError naming it, never a partly grey or smeared photo.
     """
-    rgb, _ = _decode(Path(path), size)
-    if size is not None and rgb.shape[:2] != tuple(size):
-        rgb = cv2.resize(rgb, (size[1], size[0]), interpolation=cv2.INTER_AREA)
-    return rgb
+    return read_photo(path, size)[0]
 
 
 def check_photo(path: str | Path) -> tuple[int, int]:

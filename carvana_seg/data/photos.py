@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from carvana_seg.data import rle
-from carvana_seg.data.decode import image_size, read_image, read_mask, resize_mask
+from carvana_seg.data.decode import read_mask, read_photo, resize_mask
 from carvana_seg.errors import DataError
 
 
@@ -49,8 +49,7 @@ class PhotoDataset(Dataset):
         try:
             if path.name in self.errors:
                 raise DataError(self.errors[path.name])
-            full_size = image_size(path)
-            image = read_image(path, self.size)
+            image, full_size = read_photo(path, self.size)
             mask = self._mask(index, full_size)
         except DataError as err:
             placeholder = self.size or (1, 1)

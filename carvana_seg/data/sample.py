@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from carvana_seg.data import rle
-from carvana_seg.data.decode import image_size, mask_coverage, read_image, read_mask, resize_mask
+from carvana_seg.data.decode import mask_coverage, read_mask, read_photo, resize_mask
 
 
 @dataclass(frozen=True)
@@ -42,8 +42,7 @@ def load_sample(
     naming the file (or, for a run-length mask, the image) it is about.
     """
     mask_size = mask_size or size
-    full_size = image_size(sample.image)
-    image = read_image(sample.image, size)
+    image, full_size = read_photo(sample.image, size)
     if rle_masks is not None:
         mask = rle.decode(rle_masks[sample.name], full_size, name=sample.image)
         return image, mask_coverage(mask, mask_size) if soft else resize_mask(mask, mask_size)

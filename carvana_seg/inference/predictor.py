@@ -21,7 +21,7 @@ from carvana_seg.core.module import SegmentationModule
 from carvana_seg.core.postprocess import DEFAULT_STEPS, check_steps, postprocess
 from carvana_seg.core.precision import check_precision
 from carvana_seg.core.upsample import logit_threshold, to_full_size
-from carvana_seg.data.decode import image_size, read_image
+from carvana_seg.data.decode import read_photo
 from carvana_seg.data.photos import batches_by_size
 from carvana_seg.errors import InputError
 from carvana_seg.inference.forward import autocast, pick_device
@@ -106,7 +106,7 @@ class Predictor:
         """The photo at the network's size (uint8 RGB) and its own (H, W)."""
         if isinstance(photo, str | Path):
             # The commands' decode: reduced JPEG decoding, then area interpolation to the exact size.
-            return read_image(photo, self.size), image_size(photo)
+            return read_photo(photo, self.size)
         if isinstance(photo, Image.Image):
             photo = np.asarray(photo.convert("RGB"))
         if not isinstance(photo, np.ndarray) or photo.ndim != 3 or photo.shape[2] != 3:

@@ -121,15 +121,22 @@ def test_real_data_recipes_validate_their_last_epoch(recipe):
     assert cfg.data.cache and cfg.callbacks.model_checkpoint.save_last
 
 
-def test_the_cpu_recipe_trains_with_the_flip_and_light_floor_bands_and_augment_none_is_the_flip_alone():
+def test_the_cpu_recipe_trains_with_dark_floors_and_dark_cars_and_augment_names_the_alternatives():
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         recipe = compose("train", overrides=["experiment=carvana_cpu", "data.root=/data"])
+        light_bands = compose(
+            "train", overrides=["experiment=carvana_cpu", "augment=dark_floor", "data.root=/data"]
+        )
         flip_alone = compose("train", overrides=["experiment=carvana_cpu", "augment=none", "data.root=/data"])
-    assert recipe.data.hflip_p == flip_alone.data.hflip_p == 0.5
-    assert list(recipe.data.augment) == ["dark_floor"] and list(recipe.data.augment.dark_floor.darkness) == [
-        0.1,
-        0.4,
-    ]
+    assert recipe.data.hflip_p == light_bands.data.hflip_p == flip_alone.data.hflip_p == 0.5
+    dark, light = recipe.data.augment.dark_floor, light_bands.data.augment.dark_floor
+    assert list(recipe.data.augment) == ["dark_floor"] == list(light_bands.data.augment)
+    assert (list(dark.darkness), dark.car_p) == ([0.25, 0.6], 0.5)
+    assert (list(light.darkness), light.car_p) == ([0.1, 0.4], 0.0)
+    # Only those two differ: the rest of DarkFloor's settings are the light bands' own.
+    assert {k: v for k, v in dark.items() if k not in ("darkness", "car_p")} == {
+        k: v for k, v in light.items() if k not in ("darkness", "car_p")
+    }
     assert not flip_alone.data.augment
 
 

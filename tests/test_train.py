@@ -121,7 +121,7 @@ def test_real_data_recipes_validate_their_last_epoch(recipe):
     assert cfg.data.cache and cfg.callbacks.model_checkpoint.save_last
 
 
-def test_the_cpu_recipe_trains_with_dark_floors_and_dark_cars_and_augment_names_the_alternatives():
+def test_the_cpu_recipe_darkens_floors_and_cars_and_augment_dark_floor_or_none_give_light_bands_or_flip():
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         recipe = compose("train", overrides=["experiment=carvana_cpu", "data.root=/data"])
         light_bands = compose(

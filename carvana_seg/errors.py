@@ -6,6 +6,8 @@ import logging
 from collections.abc import Callable
 from typing import TypeVar
 
+from omegaconf.errors import MissingMandatoryValue
+
 T = TypeVar("T")
 
 
@@ -36,6 +38,8 @@ def input_error_in(error: BaseException) -> InputError | None:
     while current is not None and id(current) not in seen:
         if isinstance(current, InputError):
             return current
+        if isinstance(current, MissingMandatoryValue):  # a `???` of the config left unset
+            return InputError(f"{current.full_key} must be given: pass {current.full_key}=...")
         seen.add(id(current))
         current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
     return None

@@ -38,6 +38,7 @@ from carvana_seg.core.postprocess import check_steps, postprocess
 from carvana_seg.core.precision import check_precision
 from carvana_seg.core.run_config import RunConfig
 from carvana_seg.core.upsample import logit_threshold, to_full_size
+from carvana_seg.data.cache import usable_cache_dir
 from carvana_seg.data.datamodule import resolve_num_workers
 from carvana_seg.data.decode import read_image
 from carvana_seg.data.labelled import labelled_samples
@@ -71,7 +72,7 @@ def _samples(cfg: DictConfig, run: RunConfig | None) -> tuple[list[Sample], dict
         data.image_dir or (run.image_dir if run else None),
         data.mask_source or (run.mask_source if run else "auto"),
         check_files=True,
-        cache_dir=Path(cfg.paths.cache_dir).expanduser().resolve(),
+        cache_dir=usable_cache_dir(Path(cfg.paths.cache_dir).expanduser().resolve()),
     )
     if split == "val":
         val_cars = set(run.val_cars)

@@ -175,6 +175,12 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         raise InputError(f"output {output} is a folder: name the model file, e.g. {output / 'model'}")
     if output == ckpt:
         raise InputError(f"output {output} is the checkpoint itself: name another file")
+    # A run's other checkpoint (last.ckpt, which a resume needs) would be replaced by a model file.
+    if output.suffix.lower() == ".ckpt":
+        raise InputError(
+            f"output {output}: *.ckpt names a training checkpoint; name the {kind} file otherwise, "
+            f"e.g. {output.with_suffix(FORMATS[kind])}"
+        )
     # predict tells an exported ONNX file from a checkpoint by this suffix alone.
     onnx_name = output.suffix.lower() == ".onnx"
     if kind == "onnx" and not onnx_name:

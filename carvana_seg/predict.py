@@ -125,7 +125,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
             "masks": cfg.masks,
             "submission": bool(cfg.submission),
         },
-        [path.name for path in images],
+        images,
     )
     output.check()  # a folder of another run is refused before the photos are read
     problems, output.sizes = check_headers(images)

@@ -132,6 +132,17 @@ def test_another_folder_with_masks_is_scored_whole(trained, tmp_path):
     assert summary["split"] == "all" and summary["images"] == 6
 
 
+def test_a_cache_folder_that_is_a_file_is_named_before_any_photo_is_read(trained, tmp_path, monkeypatch):
+    ckpt, _ = trained
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    read = []
+    monkeypatch.setattr("carvana_seg.data.layout.check_photo", lambda path: read.append(path))
+    with pytest.raises(InputError, match=rf"data.cache_dir {afile} cannot be used \(it is a file\)"):
+        evaluate(eval_cfg(tmp_path, ckpt, f"paths.cache_dir={afile}"))
+    assert read == [] and afile.read_text() == "not a folder"
+
+
 def test_a_file_that_is_not_a_checkpoint_is_refused(tmp_path):
     bogus = tmp_path / "model.ckpt"
     bogus.write_bytes(b"not a checkpoint")

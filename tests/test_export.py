@@ -130,6 +130,20 @@ def test_an_output_that_is_the_checkpoint_is_refused_and_the_checkpoint_kept(tra
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.ckpt"]
 
 
+def test_an_output_named_like_a_checkpoint_is_refused_and_the_runs_other_checkpoint_kept(
+    trained, tmp_path, caplog
+):
+    best, last = tmp_path / "best.ckpt", tmp_path / "last.ckpt"
+    best.write_bytes(trained[0].read_bytes())
+    last.write_bytes(b"the checkpoint a resume needs")
+    cfg = compose("export", [f"ckpt_path={best}", f"output={last}", "format=torchscript"])
+    with pytest.raises(SystemExit) as raised:
+        exit_on_input_error(export, cfg)
+    assert raised.value.code == 2 and "*.ckpt names a training checkpoint" in caplog.text
+    assert last.read_bytes() == b"the checkpoint a resume needs"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.ckpt", "last.ckpt"]
+
+
 def test_the_command_exits_2_on_a_bad_format(tmp_path):
     command = [sys.executable, "-m", "carvana_seg.export", "ckpt_path=x.ckpt", "format=tflite"]
     result = subprocess.run(
@@ -137,3 +151,15 @@ def test_the_command_exits_2_on_a_bad_format(tmp_path):
     )
     assert result.returncode == 2, result.stderr[-2000:]
     assert "format must be one of onnx, torchscript" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("command", ["export", "evaluate", "predict"])
+def test_a_command_run_without_its_checkpoint_exits_2_naming_the_option(command, tmp_path):
+    # Their configs leave ckpt_path `???`: OmegaConf's error is the user's to fix, not a traceback.
+    argv = [sys.executable, "-m", f"carvana_seg.{command}", f"hydra.run.dir={tmp_path}"]
+    if command == "predict":
+        argv += [f"input={tmp_path}", f"output={tmp_path / 'out'}"]
+    result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "ckpt_path must be given: pass ckpt_path=..." in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from carvana_seg.data.cache import open_or_build
+from carvana_seg.data.cache import open_or_build, usable_cache_dir
 from carvana_seg.data.labelled import labelled_samples
 from carvana_seg.data.lock import LockTimeout, file_lock
 from carvana_seg.errors import DataError
@@ -226,6 +226,27 @@ def test_a_waiter_names_the_live_holder_and_gives_up_after_its_timeout(tmp_path,
         holder.kill()
         holder.wait()
         holder.stdout.close()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder")
+def test_a_read_only_cache_folder_is_named_before_any_photo_is_read(tmp_path):
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        with pytest.raises(DataError, match=rf"{folder} cannot be used \(it cannot be written\)"):
+            usable_cache_dir(folder)
+    finally:
+        folder.chmod(0o755)
+
+
+def test_an_endless_wait_given_as_inf_takes_the_lock(tmp_path, monkeypatch):
+    # predict's lock_wait=inf and CARVANA_SEG_LOCK_TIMEOUT=inf: beyond what a thread lock's wait takes.
+    with file_lock(tmp_path / ".lock", timeout=float("inf")):
+        pass
+    monkeypatch.setenv("CARVANA_SEG_LOCK_TIMEOUT", "inf")
+    with file_lock(tmp_path / ".lock"):
+        pass
 
 
 def test_a_lock_whose_holder_was_killed_is_taken_at_once_even_while_its_child_lives(tmp_path):

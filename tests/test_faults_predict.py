@@ -410,6 +410,8 @@ def test_a_photo_twice_in_the_sample_submission_is_refused_naming_it_and_its_lin
         ("data.batch_size=0", "data.batch_size"),
         ("data.image_size=[0,48]", "data.image_size"),
         ("lock_wait=-1", "lock_wait"),
+        ("lock_wait=nan", "lock_wait"),
+        ("data.num_workers=2.5", "data.num_workers"),  # refused, not cut to 2
         ("precision=double", "precision"),
         ("tta_hflip=maybe", "tta_hflip"),
         ("device=0", "device"),  # Hydra's number, not a device name
@@ -477,6 +479,33 @@ def test_a_truncated_photo_stops_the_run_before_anything_is_written_or_is_skippe
     assert len(rows) == 12 and rows[truncated.name] == ""
     assert not (tmp_path / "skipped" / "masks" / truncated.name.replace(".jpg", "_mask.gif")).exists()
     assert truncated.name in (tmp_path / "skipped" / "unreadable.txt").read_text()
+
+
+def test_a_photo_fetched_again_or_changed_after_a_run_is_predicted_again_on_the_rerun(trained, tmp_path):
+    # on_error=skip gave a truncated copy an empty row; fetched again, the rerun must not keep that row.
+    ckpt, _ = trained
+    test = photos(tmp_path)
+    names = sorted(p.name for p in test.iterdir())
+    truncated, changed = test / names[5], test / names[8]
+    whole = truncated.read_bytes()
+    truncated.write_bytes(whole[: len(whole) // 2])
+    output = tmp_path / "out"
+    predict(predict_cfg(ckpt, test, output, "on_error=skip"))
+    assert dict(rows_of(output))[truncated.name] == ""
+    assert truncated.name in (output / "unreadable.txt").read_text()
+
+    truncated.write_bytes(whole)
+    changed.write_bytes((test / names[0]).read_bytes())  # another photo under the same name
+    again = predict(predict_cfg(ckpt, test, output, "on_error=skip"))
+    assert again["predicted_now"] == 12 - 5  # the first changed photo and every one after it
+    clean = tmp_path / "clean"
+    predict(predict_cfg(ckpt, test, clean))
+    assert rows_of(output) == rows_of(clean) and dict(rows_of(output))[truncated.name] != ""
+    ours, theirs = masks_of(output), masks_of(clean)
+    assert ours.keys() == theirs.keys() and all(np.array_equal(ours[k], theirs[k]) for k in ours)
+    assert truncated.name not in (output / "unreadable.txt").read_text()
+    unchanged = predict(predict_cfg(ckpt, test, output, "on_error=skip"))
+    assert unchanged["predicted_now"] == 0
 
 
 @pytest.mark.slow

@@ -89,6 +89,20 @@ def test_mask_without_image_names_the_mask(carvana_dir):
         setup_module_on(carvana_dir)
 
 
+@pytest.mark.parametrize("which", ["both", "photo", "mask"])
+def test_a_link_whose_target_is_gone_is_named_not_passed_over(carvana_dir, tmp_path, which):
+    # A dataset fetched in part (git-annex, DVC) or on a disk not mounted: its files are dangling links.
+    gone = tmp_path / "unmounted"
+    photo = carvana_dir / "train" / f"{car_id(1)}_02.jpg"
+    mask = carvana_dir / "train_masks" / f"{car_id(1)}_02_mask.gif"
+    links = {"both": [photo, mask], "photo": [photo], "mask": [mask]}[which]
+    for link in links:
+        link.unlink()
+        link.symlink_to(gone / link.name)
+    with pytest.raises(DataError, match=rf"{links[0].name} is a link to .*unmounted.*which does not exist"):
+        setup_module_on(carvana_dir)
+
+
 def test_mask_of_another_size_names_both_files(carvana_dir):
     bad = carvana_dir / "train_masks" / f"{car_id(0)}_01_mask.gif"
     Image.new("P", (30, 20)).save(bad)

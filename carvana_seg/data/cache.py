@@ -55,6 +55,22 @@ IN_USE = ".in_use"
 _PARENT_POLL_S = 0.2  # how often a build worker checks that the builder still lives
 
 
+def usable_cache_dir(folder: Path) -> Path:
+    """`folder` (data.cache_dir), created if missing: a file there, or a folder this process cannot write
+    (read-only), is a DataError naming the option before any photo is read, not a traceback after."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, "it cannot be written")
+    except OSError as err:
+        reason = "it is a file" if folder.is_file() else err.strerror or err
+        raise DataError(
+            f"data.cache_dir {folder} cannot be used ({reason}); point it "
+            "(or paths.cache_dir, or CARVANA_SEG_CACHE) at a folder that can be written"
+        ) from err
+    return folder
+
+
 def listing_key(paths: Sequence[Path], *extra: object) -> str:
     """A hash of the files' paths, sizes and modification times (one stat each, no reading)."""
     digest = hashlib.sha256(json.dumps([CACHE_FORMAT, *map(str, extra)]).encode())

@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from carvana_seg.core.distributed import unrepeated
-from carvana_seg.data.cache import open_or_build
+from carvana_seg.data.cache import open_or_build, usable_cache_dir
 from carvana_seg.data.dataset import CarvanaDataset, seed_worker_augmentation, train_augmentation
 from carvana_seg.data.labelled import MASK_SOURCES, MaskSource, labelled_samples
 from carvana_seg.data.layout import MASK_CSV, check_folds, split_by_car
@@ -36,13 +36,10 @@ def resolve_num_workers(num_workers: int | str) -> int:
     """A `num_workers` option (train, evaluate and predict alike): "auto" or a count."""
     if num_workers == "auto":
         return default_num_workers()
-    try:
-        count = int(num_workers)
-    except (TypeError, ValueError):
-        count = -1
-    if count < 0 or isinstance(num_workers, bool):
-        raise DataError(f"data.num_workers must be 'auto' or a count >= 0, got {num_workers!r}")
-    return count
+    # A whole number only: 2.5 is refused, not cut to 2, and true is not 1.
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise DataError(f"data.num_workers must be 'auto' or a whole number >= 0, got {num_workers!r}")
+    return num_workers
 
 
 class CarvanaDataModule(pl.LightningDataModule):
@@ -174,14 +171,7 @@ class CarvanaDataModule(pl.LightningDataModule):
         self.cache = cache
         self.cache_dir = Path(str(cache_dir)).expanduser().resolve() if cache_dir is not None else None
         if self.cache_dir is not None and (cache or check_files):  # check_files records its checks there
-            try:
-                self.cache_dir.mkdir(parents=True, exist_ok=True)
-            except OSError as err:
-                reason = "it is a file" if self.cache_dir.is_file() else err.strerror or err
-                raise DataError(
-                    f"data.cache_dir {self.cache_dir} cannot be used ({reason}); point it "
-                    "(or paths.cache_dir, or CARVANA_SEG_CACHE) at a folder that can be written"
-                ) from err
+            usable_cache_dir(self.cache_dir)
         self.seed = seed
         self.train_set: CarvanaDataset | None = None
         self.val_set: CarvanaDataset | None = None

@@ -44,11 +44,12 @@ class LockTimeout(InputError):
 
 
 def lock_timeout(timeout: float | None = None) -> float:
-    """`timeout`, else the environment's CARVANA_SEG_LOCK_TIMEOUT (seconds), else 30 minutes."""
+    """`timeout`, else the environment's CARVANA_SEG_LOCK_TIMEOUT (seconds), else 30 minutes. `inf` (or
+    any wait past what a thread lock takes, some 292 years) waits without end."""
     if timeout is not None:
         if not timeout >= 0:
             raise ValueError(f"a lock timeout is a number of seconds >= 0, got {timeout!r}")
-        return float(timeout)
+        return min(float(timeout), threading.TIMEOUT_MAX)
     text = os.environ.get(TIMEOUT_ENV)
     if not text:
         return DEFAULT_TIMEOUT_S
@@ -58,7 +59,7 @@ def lock_timeout(timeout: float | None = None) -> float:
         value = -1.0
     if not value > 0:
         raise InputError(f"{TIMEOUT_ENV} must be a number of seconds > 0, got {text!r}")
-    return value
+    return min(value, threading.TIMEOUT_MAX)
 
 
 # One threading lock per lock file path: POSIX locks do not keep threads of one process apart.

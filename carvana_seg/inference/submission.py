@@ -2,9 +2,10 @@
 and the final `submission.csv.gz` assembled and checked row by row.
 
     OUTPUT/.predict.lock        held (POSIX `lockf`) by the one predict writing here; its pid inside
-    OUTPUT/predict.json         the run's options and its ordered list of photos
+    OUTPUT/predict.json         the run's options, its ordered list of photos, each photo's size and time
     OUTPUT/.parts/part-*.csv.gz committed rows, each part a complete gzip member
     OUTPUT/masks/               one mask file per photo
+    OUTPUT/unreadable.txt       with on_error=skip: why each photo given an empty row could not be read
     OUTPUT/submission.csv.gz    a header member followed by the parts, checked before it is renamed in
 
 One predict at a time: the lock is a POSIX record lock, so the kernel drops it when its holder dies
@@ -14,7 +15,9 @@ every file is written under a temporary name of its own process and thread, flus
 renamed into place (then its folder flushed), so nothing is ever half-written. The committed rows are
 always a prefix of the manifest's photo list; rows that break that (duplicates or strays, as two
 concurrent runs of older versions could leave) are dropped when the folder is claimed and those
-photos predicted again, so a folder never wedges.
+photos predicted again, so a folder never wedges. A photo changed since the folder's run began (its
+size or modification time: fetched again after a skipped, truncated copy) is predicted again, and so is
+every photo after it; a submission never keeps a mask of a photo's earlier content.
 """
 
 from __future__ import annotations
@@ -46,8 +49,10 @@ PARTS = ".parts"
 MASKS = "masks"
 OVERLAYS = "overlays"
 SUBMISSION = "submission.csv.gz"
+UNREADABLE = "unreadable.txt"
 LOCK = ".predict.lock"
 _PART = re.compile(r"part-(\d+)\.csv\.gz")
+_WORDS = re.compile(r"[\s:,;'\"()]+")
 
 
 def _gzip_member(rows: list[tuple[str, str]] | list[list[str]], header: bool = False) -> bytes:
@@ -78,20 +83,36 @@ def photo_differences(before: list[str], now: list[str]) -> str:
     return "; ".join(said)
 
 
+def _stat(path: Path) -> list[int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return [stat.st_size, stat.st_mtime_ns]
+
+
 class Output:
     """The output folder of one prediction run: claimed (locked) by one predict at a time.
 
-    `manifest` holds the run's options; `photos` the ordered image names, kept in the manifest so that
-    a rerun on a changed input (a photo renamed, added or removed) is refused naming what differs.
+    `manifest` holds the run's options; `photos` the ordered photos, whose names are kept in the manifest
+    so that a rerun on a changed input (a photo renamed, added or removed) is refused naming what
+    differs, and whose sizes and modification times are kept so that a photo changed in place is
+    predicted again.
     """
 
-    def __init__(self, folder: Path, manifest: dict[str, Any], photos: list[str]) -> None:
+    def __init__(self, folder: Path, manifest: dict[str, Any], photos: list[Path]) -> None:
         self.folder = folder
         self.parts = folder / PARTS
         self.masks = folder / MASKS
         self.overlays = folder / OVERLAYS
-        self.photos = list(photos)
-        self.manifest = {**manifest, "images": len(self.photos), "photos": self.photos}
+        self.photos = [path.name for path in photos]
+        self.manifest = {
+            **manifest,
+            "images": len(self.photos),
+            "photos": self.photos,
+            "photo_stats": [_stat(path) for path in photos],
+        }
+        self._stats_before: list[Any] | None = None  # the folder's run's, read by check()
         # Each photo's (H, W) by name, once predict has read the headers: a committed run-length that
         # runs past its photo is then dropped like any malformed one. Unknown sizes skip that bound.
         self.sizes: dict[str, tuple[int, int]] = {}
@@ -134,6 +155,11 @@ class Output:
             keys.discard("photos")
         if "model_sha256" not in previous:  # written before the model's content was recorded
             keys.discard("model_sha256")
+        # A photo changed in place is predicted again (`_forget_changed_photos`), not a different run.
+        keys.discard("photo_stats")
+        before = previous.get("photo_stats")
+        if isinstance(before, list) and len(before) == len(self.photos):
+            self._stats_before = before
         different = sorted(k for k in keys if previous.get(k) != self.manifest.get(k))
         if not different:
             return
@@ -172,6 +198,7 @@ class Output:
         try:
             self.check()  # again, under the lock: another predict may have claimed it meanwhile
             self._remove_temporaries()
+            self._forget_changed_photos()  # before the manifest records their new sizes and times
             path = self.folder / MANIFEST
             text = json.dumps(self.manifest, indent=2, sort_keys=True) + "\n"
             if not path.exists() or path.read_text() != text:
@@ -199,12 +226,39 @@ class Output:
                         if entry.name.startswith(".") and entry.name.endswith(_TMP) and entry.is_file():
                             Path(entry.path).unlink(missing_ok=True)
 
+    def _forget_changed_photos(self) -> None:
+        """Drop the committed rows of the photos changed since the folder's run began, with the rows
+        after the first of them (the committed rows stay a prefix), and their lines of unreadable.txt."""
+        now = self.manifest["photo_stats"]
+        before = self._stats_before or now
+        changed = [i for i, (old, new) in enumerate(zip(before, now, strict=True)) if old != new]
+        if not changed:
+            return
+        first = changed[0]
+        self.committed(limit=first)
+        log.warning(
+            "%d photos changed since this folder's run began (their size or modification time): %s; they "
+            "and the photos after %s are predicted again",
+            len(changed),
+            shown([self.photos[i] for i in changed]),
+            self.photos[first],
+        )
+        path = self.folder / UNREADABLE
+        if path.exists():
+            again = set(self.photos[first:])
+            lines = path.read_text().splitlines()
+            # Each line names its photo's path among its words; they are listed again if still unreadable.
+            kept = [line for line in lines if not again & {Path(w).name for w in _WORDS.split(line)}]
+            if len(kept) < len(lines):
+                atomic_write(path, "".join(f"{line}\n" for line in kept).encode())
+
     def _part_files(self) -> list[Path]:
         """The committed parts, by number; any other file in .parts (a stray copy) is not one."""
         return sorted(p for p in self.parts.glob("part-*.csv.gz") if _PART.fullmatch(p.name))
 
-    def committed(self) -> int:
-        """How many photos, from the first, the committed parts already hold.
+    def committed(self, limit: int | None = None) -> int:
+        """How many photos, from the first, the committed parts already hold (at most `limit`: the rows
+        after it are dropped, to be predicted again).
 
         The parts must hold a prefix of the photo list, in order, each photo once: a row that does not
         continue it (a duplicate, a photo not in the list, a malformed row) is dropped from its part,
@@ -212,6 +266,7 @@ class Output:
         left inconsistent by an older version is repaired instead of failing every rerun."""
         done = 0
         dropped: list[str] = []
+        wanted = len(self.photos) if limit is None else limit
         for part in self._part_files():
             try:
                 with gzip.open(part, "rt", newline="") as handle:
@@ -229,10 +284,10 @@ class Output:
             kept = []
             for index, row in enumerate(rows):
                 fits = done < len(self.photos) and len(row) == 2 and row[0] == self.photos[done]
-                if fits and index not in malformed:
+                if fits and index not in malformed and done < wanted:
                     kept.append(row)
                     done += 1
-                else:
+                elif not fits or index in malformed:
                     dropped.append(row[0] if row else "(empty row)")
             if len(kept) == len(rows):
                 continue

@@ -28,11 +28,9 @@ from carvana_seg.data.decode import encode_mask, read_image
 from carvana_seg.durable import atomic_write
 from carvana_seg.errors import DataError
 from carvana_seg.inference.overlay import outline_overlay
-from carvana_seg.inference.submission import Output
+from carvana_seg.inference.submission import UNREADABLE, Output
 
 log = logging.getLogger(__name__)
-
-UNREADABLE = "unreadable.txt"
 
 
 class MaskWriter(BasePredictionWriter):

@@ -11,7 +11,8 @@
 
 Needs the optional `kaggle` package (`pip install -e '.[kaggle]'`), Kaggle credentials, and the
 competition rules accepted on kaggle.com; without them it stops before writing anything. Re-running
-only does what is missing: a folder or CSV that is already there is checked, not fetched again.
+only does what is missing: a folder that is already there is counted (and train/ matched against
+train_masks/), a CSV there is kept as it is (training checks every row), neither fetched again.
 """
 
 from __future__ import annotations

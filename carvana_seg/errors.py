@@ -39,7 +39,8 @@ def input_error_in(error: BaseException) -> InputError | None:
         if isinstance(current, InputError):
             return current
         if isinstance(current, MissingMandatoryValue):  # a `???` of the config left unset
-            return InputError(f"{current.full_key} must be given: pass {current.full_key}=...")
+            key = current.full_key or current.key
+            return InputError(f"{key} must be given: pass {key}=..." if key else str(current))
         seen.add(id(current))
         current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
     return None

@@ -481,7 +481,9 @@ def test_a_truncated_photo_stops_the_run_before_anything_is_written_or_is_skippe
     assert truncated.name in (tmp_path / "skipped" / "unreadable.txt").read_text()
 
 
-def test_a_photo_fetched_again_or_changed_after_a_run_is_predicted_again_on_the_rerun(trained, tmp_path):
+def test_a_photo_fetched_again_or_changed_after_a_run_is_predicted_again_on_the_rerun(
+    trained, tmp_path, caplog
+):
     # on_error=skip gave a truncated copy an empty row; fetched again, the rerun must not keep that row.
     ckpt, _ = trained
     test = photos(tmp_path)
@@ -496,16 +498,26 @@ def test_a_photo_fetched_again_or_changed_after_a_run_is_predicted_again_on_the_
 
     truncated.write_bytes(whole)
     changed.write_bytes((test / names[0]).read_bytes())  # another photo under the same name
+    caplog.clear()
     again = predict(predict_cfg(ckpt, test, output, "on_error=skip"))
     assert again["predicted_now"] == 12 - 5  # the first changed photo and every one after it
+    assert "committed photos changed since this folder's run began" in caplog.text
+    assert f"{names[5]}, {names[8]}; they and the photos after {names[5]} are predicted again" in caplog.text
+    assert "did not continue the photo list" not in caplog.text  # not a fault of the folder
     clean = tmp_path / "clean"
     predict(predict_cfg(ckpt, test, clean))
     assert rows_of(output) == rows_of(clean) and dict(rows_of(output))[truncated.name] != ""
     ours, theirs = masks_of(output), masks_of(clean)
     assert ours.keys() == theirs.keys() and all(np.array_equal(ours[k], theirs[k]) for k in ours)
-    assert truncated.name not in (output / "unreadable.txt").read_text()
+    assert not (output / "unreadable.txt").exists()  # as a clean run leaves it
     unchanged = predict(predict_cfg(ckpt, test, output, "on_error=skip"))
     assert unchanged["predicted_now"] == 0
+
+    changed.write_bytes(b"\xff\xd8 cut short")  # the other way: a photo predicted, then damaged in place
+    damaged = predict(predict_cfg(ckpt, test, output, "on_error=skip"))
+    assert damaged["predicted_now"] == 12 - 8 and dict(rows_of(output))[changed.name] == ""
+    assert changed.name not in {name.replace("_mask.gif", ".jpg") for name in masks_of(output)}
+    assert changed.name in (output / "unreadable.txt").read_text()
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from carvana_seg.data.datamodule import CarvanaDataModule
+from carvana_seg.data.datamodule import CarvanaDataModule, default_num_workers, resolve_num_workers
 from carvana_seg.data.layout import check_pairs, find_samples, split_by_car
 from carvana_seg.errors import DataError
 from tests.conftest import SHARED_SAMPLE, car_id, requires_sample, write_carvana
@@ -101,6 +101,23 @@ def test_a_link_whose_target_is_gone_is_named_not_passed_over(carvana_dir, tmp_p
         link.symlink_to(gone / link.name)
     with pytest.raises(DataError, match=rf"{links[0].name} is a link to .*unmounted.*which does not exist"):
         setup_module_on(carvana_dir)
+
+
+def test_a_gone_link_not_named_like_a_photo_is_passed_over_as_before(carvana_dir, tmp_path):
+    (carvana_dir / "train" / "README").symlink_to(tmp_path / "gone")
+    assert len(find_samples(carvana_dir)) == 12
+
+
+@pytest.mark.parametrize(("given", "workers"), [("auto", None), (0, 0), (3, 3), ("2", 2)])
+def test_num_workers_is_auto_or_a_whole_number_given_as_a_number_or_as_text(given, workers):
+    expected = default_num_workers() if workers is None else workers
+    assert resolve_num_workers(given) == expected  # "2": what ${oc.env:WORKERS} gives
+
+
+@pytest.mark.parametrize("given", [2.5, -1, True, "two", "2.5", None])
+def test_num_workers_that_is_no_whole_count_is_refused_not_rounded(given):
+    with pytest.raises(DataError, match=r"data.num_workers must be 'auto' or a whole number >= 0"):
+        resolve_num_workers(given)
 
 
 def test_mask_of_another_size_names_both_files(carvana_dir):

@@ -36,6 +36,8 @@ def resolve_num_workers(num_workers: int | str) -> int:
     """A `num_workers` option (train, evaluate and predict alike): "auto" or a count."""
     if num_workers == "auto":
         return default_num_workers()
+    if isinstance(num_workers, str) and num_workers.isdecimal():  # "${oc.env:WORKERS}" is text
+        num_workers = int(num_workers)
     # A whole number only: 2.5 is refused, not cut to 2, and true is not 1.
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
         raise DataError(f"data.num_workers must be 'auto' or a whole number >= 0, got {num_workers!r}")

@@ -61,16 +61,16 @@ def _scan(folder: Path, pattern: re.Pattern[str]) -> tuple[dict[tuple[str, int],
     for entry in sorted(folder.iterdir()):
         if entry.name.startswith("."):
             continue
-        # A link whose target is gone (a dataset fetched in part, a disk not mounted) is no file, but
-        # passing over it would train on fewer photos, or blame its pair, without a word.
-        if entry.is_symlink() and not entry.exists():
+        match = pattern.match(entry.name)
+        # A photo or mask whose link's target is gone (a dataset fetched in part, a disk not mounted) is
+        # no file, but passing over it would train on fewer photos, or blame its pair, without a word.
+        if match is not None and entry.is_symlink() and not entry.exists():
             raise DataError(
                 f"{entry} is a link to {os.readlink(entry)}, which does not exist (a disk not mounted? "
                 "a dataset fetched in part?)"
             )
         if not entry.is_file():
             continue
-        match = pattern.match(entry.name)
         if match is None:
             misnamed.append(entry)
             continue

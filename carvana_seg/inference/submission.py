@@ -52,7 +52,6 @@ SUBMISSION = "submission.csv.gz"
 UNREADABLE = "unreadable.txt"
 LOCK = ".predict.lock"
 _PART = re.compile(r"part-(\d+)\.csv\.gz")
-_WORDS = re.compile(r"[\s:,;'\"()]+")
 
 
 def _gzip_member(rows: list[tuple[str, str]] | list[list[str]], header: bool = False) -> bytes:
@@ -83,12 +82,13 @@ def photo_differences(before: list[str], now: list[str]) -> str:
     return "; ".join(said)
 
 
-def _stat(path: Path) -> list[int] | None:
+def _stat(path: Path) -> str | None:
+    """The photo's "size:mtime_ns": one short manifest line per photo (100,064 for Kaggle's test set)."""
     try:
         stat = path.stat()
     except OSError:
         return None
-    return [stat.st_size, stat.st_mtime_ns]
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
 
 
 class Output:
@@ -106,6 +106,7 @@ class Output:
         self.masks = folder / MASKS
         self.overlays = folder / OVERLAYS
         self.photos = [path.name for path in photos]
+        self._paths = [str(path) for path in photos]
         self.manifest = {
             **manifest,
             "images": len(self.photos),
@@ -228,28 +229,33 @@ class Output:
 
     def _forget_changed_photos(self) -> None:
         """Drop the committed rows of the photos changed since the folder's run began, with the rows
-        after the first of them (the committed rows stay a prefix), and their lines of unreadable.txt."""
+        after the first of them (the committed rows stay a prefix), and their lines of unreadable.txt.
+        A folder begun before the manifest kept sizes and times has nothing to compare: it starts here."""
         now = self.manifest["photo_stats"]
         before = self._stats_before or now
         changed = [i for i, (old, new) in enumerate(zip(before, now, strict=True)) if old != new]
         if not changed:
             return
         first = changed[0]
-        self.committed(limit=first)
-        log.warning(
-            "%d photos changed since this folder's run began (their size or modification time): %s; they "
-            "and the photos after %s are predicted again",
-            len(changed),
-            shown([self.photos[i] for i in changed]),
-            self.photos[first],
-        )
+        done = self.committed()
+        if done > first:
+            self.committed(limit=first)
+            log.warning(
+                "committed photos changed since this folder's run began (their size or modification "
+                "time): %s; they and the photos after %s are predicted again",
+                shown([self.photos[i] for i in changed if i < done]),
+                self.photos[first],
+            )
         path = self.folder / UNREADABLE
         if path.exists():
-            again = set(self.photos[first:])
+            # Each line names its photo's path; a photo predicted again is listed again if still unreadable.
+            again = self._paths[first:]
             lines = path.read_text().splitlines()
-            # Each line names its photo's path among its words; they are listed again if still unreadable.
-            kept = [line for line in lines if not again & {Path(w).name for w in _WORDS.split(line)}]
-            if len(kept) < len(lines):
+            kept = [line for line in lines if not any(photo in line for photo in again)]
+            if not kept:
+                path.unlink()
+                fsync_dir(self.folder)
+            elif len(kept) < len(lines):
                 atomic_write(path, "".join(f"{line}\n" for line in kept).encode())
 
     def _part_files(self) -> list[Path]:
@@ -266,7 +272,6 @@ class Output:
         left inconsistent by an older version is repaired instead of failing every rerun."""
         done = 0
         dropped: list[str] = []
-        wanted = len(self.photos) if limit is None else limit
         for part in self._part_files():
             try:
                 with gzip.open(part, "rt", newline="") as handle:
@@ -283,11 +288,13 @@ class Output:
             )
             kept = []
             for index, row in enumerate(rows):
+                if limit is not None and done >= limit:
+                    continue  # to be predicted again, not a fault of the folder
                 fits = done < len(self.photos) and len(row) == 2 and row[0] == self.photos[done]
-                if fits and index not in malformed and done < wanted:
+                if fits and index not in malformed:
                     kept.append(row)
                     done += 1
-                elif not fits or index in malformed:
+                else:
                     dropped.append(row[0] if row else "(empty row)")
             if len(kept) == len(rows):
                 continue

@@ -102,6 +102,7 @@ class MaskWriter(BasePredictionWriter):
                     raise DataError(f"{error} (on_error=skip gives it an empty mask)")
                 self.skipped.append(error)
                 self._unreadable[name] = error
+                self._forget_files(name)
                 empty: Future = Future()
                 empty.set_result((name, ""))
                 self._pending.append(empty)
@@ -152,6 +153,15 @@ class MaskWriter(BasePredictionWriter):
             atomic_write(path, ("\n".join(dict.fromkeys([*known, *errors])) + "\n").encode())
         self.output.commit(self._rows)
         self._rows = []
+
+    def _forget_files(self, name: str) -> None:
+        """A skipped photo has no mask file or overlay: those of its earlier content (a rerun after it was
+        changed into an unreadable copy) would outlive its empty row."""
+        stem = Path(name).stem
+        if self.mask_folder is not None:
+            (self.mask_folder / f"{stem}_mask.{self.mask_format}").unlink(missing_ok=True)
+        if self.overlay_folder is not None:
+            (self.overlay_folder / f"{stem}.jpg").unlink(missing_ok=True)
 
     def _finish(self, name: str, mask: np.ndarray) -> tuple[str, str]:
         """Off the main thread: the mask file and the overlay (each written atomically; their folders

@@ -54,6 +54,16 @@ def image_folder(root: Path, image_dir: str | None = None) -> Path:
     )
 
 
+def check_link(path: Path) -> None:
+    """Refuse a link whose target is gone (a dataset fetched in part, a disk not mounted), naming both:
+    it is no file, and passing over it would lose a photo without a word."""
+    if path.is_symlink() and not path.exists():
+        raise DataError(
+            f"{path} is a link to {os.readlink(path)}, which does not exist (a disk not mounted? "
+            "a dataset fetched in part?)"
+        )
+
+
 def _scan(folder: Path, pattern: re.Pattern[str]) -> tuple[dict[tuple[str, int], Path], list[Path]]:
     """Files of `folder` keyed by (car, view), and the files whose names don't fit the scheme."""
     found: dict[tuple[str, int], Path] = {}
@@ -62,13 +72,8 @@ def _scan(folder: Path, pattern: re.Pattern[str]) -> tuple[dict[tuple[str, int],
         if entry.name.startswith("."):
             continue
         match = pattern.match(entry.name)
-        # A photo or mask whose link's target is gone (a dataset fetched in part, a disk not mounted) is
-        # no file, but passing over it would train on fewer photos, or blame its pair, without a word.
-        if match is not None and entry.is_symlink() and not entry.exists():
-            raise DataError(
-                f"{entry} is a link to {os.readlink(entry)}, which does not exist (a disk not mounted? "
-                "a dataset fetched in part?)"
-            )
+        if match is not None:
+            check_link(entry)  # passing over it would train on fewer photos, or blame its pair
         if not entry.is_file():
             continue
         if match is None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from carvana_seg.data.decode import check_complete, image_size
+from carvana_seg.data.layout import check_link
 from carvana_seg.errors import DataError, InputError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
@@ -106,10 +107,7 @@ def _photos_by_name(candidates: list[Path]) -> dict[str, Path]:
     for path in candidates:
         if path.suffix.lower() not in IMAGE_SUFFIXES or path.name.startswith("."):
             continue
-        if path.is_symlink() and not path.exists():
-            raise InputError(
-                f"{path} is a link to {os.readlink(path)}, which does not exist (a disk not mounted?)"
-            )
+        check_link(path)
         if not path.is_file():
             continue
         resolved = path.resolve()

@@ -237,13 +237,12 @@ class Output:
         if not changed:
             return
         first = changed[0]
-        done = self.committed()
-        if done > first:
-            self.committed(limit=first)
+        _, past = self._committed(limit=first)
+        if past:
             log.warning(
                 "committed photos changed since this folder's run began (their size or modification "
                 "time): %s; they and the photos after %s are predicted again",
-                shown([self.photos[i] for i in changed if i < done]),
+                shown([self.photos[i] for i in changed if self.photos[i] in past]),
                 self.photos[first],
             )
         path = self.folder / UNREADABLE
@@ -262,16 +261,20 @@ class Output:
         """The committed parts, by number; any other file in .parts (a stray copy) is not one."""
         return sorted(p for p in self.parts.glob("part-*.csv.gz") if _PART.fullmatch(p.name))
 
-    def committed(self, limit: int | None = None) -> int:
-        """How many photos, from the first, the committed parts already hold (at most `limit`: the rows
-        after it are dropped, to be predicted again).
+    def committed(self) -> int:
+        """How many photos, from the first, the committed parts already hold.
 
         The parts must hold a prefix of the photo list, in order, each photo once: a row that does not
         continue it (a duplicate, a photo not in the list, a malformed row) is dropped from its part,
         rewritten atomically, and its photo (if any) predicted again. Nothing valid is lost; a folder
         left inconsistent by an older version is repaired instead of failing every rerun."""
+        return self._committed()[0]
+
+    def _committed(self, limit: int | None = None) -> tuple[int, set[str]]:
+        """`committed`, keeping at most `limit` rows; and the photos of the rows dropped past it."""
         done = 0
         dropped: list[str] = []
+        past: set[str] = set()
         for part in self._part_files():
             try:
                 with gzip.open(part, "rt", newline="") as handle:
@@ -289,7 +292,8 @@ class Output:
             kept = []
             for index, row in enumerate(rows):
                 if limit is not None and done >= limit:
-                    continue  # to be predicted again, not a fault of the folder
+                    past.add(row[0] if row else "")  # to be predicted again, not a fault of the folder
+                    continue
                 fits = done < len(self.photos) and len(row) == 2 and row[0] == self.photos[done]
                 if fits and index not in malformed:
                     kept.append(row)
@@ -310,7 +314,7 @@ class Output:
                 len(dropped),
                 shown(dropped),
             )
-        return done
+        return done, past
 
     def commit(self, rows: list[tuple[str, str]]) -> None:
         """Append rows as the next part, after flushing the mask files (and overlays) they stand for."""

@@ -47,6 +47,36 @@ def test_load_from_checkpoint_rebuilds_the_trained_module_and_its_run(trained):
     assert module(photos).shape == (2, 1, 32, 48)
 
 
+def compiled(module: SegmentationModule) -> bool:
+    """Whether nn.Module.compile() was called on the module's network and loss (torch keeps it private)."""
+    return module.net._compiled_call_impl is not None and module.loss._compiled_call_impl is not None
+
+
+def test_a_compiled_run_stores_each_weight_once_and_inference_loads_it_eager(trained, tmp_path):
+    """module.compile=true compiles the network and the loss in place: a checkpoint holds the weight names
+    of an eager run (a torch.compile wrapper would store each weight twice, under a second name). Loading
+    builds eager modules, as inference meets one photo size after another; compile=True asks for it."""
+    ckpt, _ = trained
+    net = {"_target_": "carvana_seg.models.unet.UNet", "base_channels": 4, "depth": 2}
+    loss = {"_target_": "carvana_seg.core.losses.BCEDiceLoss"}
+    module = SegmentationModule(net, loss, compile=True)
+    assert compiled(module)
+    assert module.state_dict().keys() == SegmentationModule(net, loss).state_dict().keys()
+    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
+    checkpoint["hyper_parameters"]["compile"] = True  # as a run with module.compile=true saves it
+    torch.save(checkpoint, tmp_path / "compiled.ckpt")
+    assert not compiled(SegmentationModule.load_from_checkpoint(tmp_path / "compiled.ckpt"))
+    assert compiled(SegmentationModule.load_from_checkpoint(tmp_path / "compiled.ckpt", compile=True))
+    # A compiled run's checkpoint of the earlier layout: every network weight stored twice, the second
+    # time under the wrapper's name. It loads, eager or compiled, with one copy.
+    state = checkpoint["state_dict"]
+    state.update({f"net_forward._orig_mod.{k[4:]}": v for k, v in state.items() if k.startswith("net.")})
+    torch.save(checkpoint, tmp_path / "twice.ckpt")
+    for compile_it in (False, True):
+        module = SegmentationModule.load_from_checkpoint(tmp_path / "twice.ckpt", compile=compile_it)
+        assert module.state_dict().keys() == SegmentationModule(net, loss).state_dict().keys()
+
+
 @pytest.mark.parametrize(
     "net",
     [

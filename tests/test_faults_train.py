@@ -167,6 +167,18 @@ def test_a_bad_option_exits_2_before_the_data_is_read(make_cfg, caplog, tmp_path
     assert not (tmp_path / "cache").exists() and not (tmp_path / "run" / "split.json").exists()
 
 
+def test_compile_without_a_cpp_compiler_exits_2_before_the_data_is_read(
+    make_cfg, caplog, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("PATH", str(tmp_path / "no-compilers-here"))
+    monkeypatch.delenv("CXX", raising=False)
+    with pytest.raises(SystemExit) as exited:
+        exit_on_input_error(train, make_cfg("data.cache=true", "module.compile=true"))
+    assert exited.value.code == 2
+    assert caplog.messages[-1].startswith("module.compile=true needs a C++ compiler (g++ or c++ or clang++)")
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "run" / "split.json").exists()
+
+
 def test_a_cache_folder_that_is_a_file_is_named_before_the_data_is_read(make_cfg, caplog, tmp_path):
     afile = tmp_path / "afile"
     afile.write_text("not a folder")

@@ -106,7 +106,7 @@ def test_the_loss_and_metrics_score_logits_brought_bilinearly_to_the_masks_size(
     # Coarse logits [-1, 1] across one row: bilinearly at twice the size they cross 0 between the
     # two coarse pixels, so a mask whose edge lies there is matched exactly.
     images = torch.zeros(1, 3, 1, 2, dtype=torch.uint8)
-    module.net = module.net_forward = FixedLogits(torch.tensor([[[[-1.0, 1.0]]]]))
+    module.net = FixedLogits(torch.tensor([[[[-1.0, 1.0]]]]))
     module.val_scores.reset()
     module._step({"image": images, "mask": torch.tensor([[[[0, 0, 1, 1], [0, 0, 1, 1]]]])}, module.val_scores)
     assert loss.logits[0, 0, 0].tolist() == [-1.0, -0.5, 0.5, 1.0]

@@ -1,6 +1,7 @@
 """train(cfg) on the real config, shrunk: every model x loss trains, and a run leaves what it promises."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -158,3 +159,24 @@ def test_bf16_autocast_trains_on_the_cpu(make_cfg, tmp_path):
     metrics = train(make_cfg("trainer.precision=bf16-mixed"))
     assert metrics["precision"] == "bf16-mixed"
     assert 0.0 <= metrics["val/dice"] <= 1.0 and metrics["train/loss"] == metrics["train/loss"]  # not NaN
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile on a CPU needs a C++ compiler")
+def test_a_compiled_run_trains_as_an_eager_one_and_its_checkpoint_loads_eager(make_cfg, tmp_path):
+    """module.compile=true compiles the network and the loss in place (C++ kernels on a CPU): the same
+    steps reach the same weights and scores within float rounding, and the checkpoint loads eager."""
+    eager = train(make_cfg("callbacks.prediction_grid=null", output_dir=tmp_path / "eager"))
+    compiled = train(
+        make_cfg("callbacks.prediction_grid=null", "module.compile=true", output_dir=tmp_path / "on")
+    )
+    assert compiled["steps"] == eager["steps"] == 2
+    assert compiled["val/loss"] == pytest.approx(eager["val/loss"], rel=1e-4)
+    weights = [
+        torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+        for run in (tmp_path / "eager", tmp_path / "on")
+    ]
+    assert weights[0].keys() == weights[1].keys()
+    for name, tensor in weights[0].items():
+        assert torch.allclose(tensor.float(), weights[1][name].float(), atol=1e-5), name
+    module = SegmentationModule.load_from_checkpoint(tmp_path / "on" / "checkpoints" / "last.ckpt")
+    assert module.net._compiled_call_impl is None  # inference runs eager

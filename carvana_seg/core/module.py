@@ -10,6 +10,8 @@ builds only the project's own classes.
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,20 @@ def flip_mean(logits: Tensor, mirrored: Tensor) -> Tensor:
     return torch.logit((torch.sigmoid(logits) + torch.sigmoid(mirrored)) / 2, eps=1e-7)
 
 
+_COMPILED_COPY = "net_forward._orig_mod."
+
+
+def check_compiler() -> None:
+    """torch.compile writes C++ (CPU) or Triton (CUDA) kernels that a C/C++ compiler builds: without one
+    the run would fail at its first step, after the data set-up, with a long traceback."""
+    names = [os.environ["CXX"]] if os.environ.get("CXX") else ["g++", "c++", "clang++"]
+    if not any(shutil.which(name) for name in names):
+        raise InputError(
+            f"module.compile=true needs a C++ compiler ({' or '.join(names)}) and none is on PATH: "
+            "install one (e.g. apt install g++) or set module.compile=false"
+        )
+
+
 def build_scheduler(factory: Callable[..., Any], optimizer: Optimizer, steps: int) -> Any:
     """The configured schedule over `optimizer`, its length left null in the config (OneCycleLR's
     `total_steps`, CosineAnnealingLR's `T_max`) filled in with the run's `steps` optimiser steps."""
@@ -66,7 +82,8 @@ class SegmentationModule(pl.LightningModule):
         mean, std: per-channel normalisation of the 0..1 image (on the device, inside the module,
             so checkpoints carry the statistics they were trained with).
         channels_last: run the network in channels-last memory format (faster convolutions on GPUs).
-        compile: torch.compile the network's forward.
+        compile: torch.compile the network and the loss in place (their weights keep their names, so a
+            checkpoint loads either way); `load_from_checkpoint` builds eager modules unless asked.
         run: the training run's `RunConfig` (as its `to_dict()`), stored in every checkpoint so that
             evaluation and prediction know the input size and the validation cars.
     """
@@ -100,7 +117,9 @@ class SegmentationModule(pl.LightningModule):
         self.scheduler_factory = scheduler
         self.run_config = RunConfig.from_dict(run) if run is not None else None
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.net_forward: Callable[[Tensor], Tensor] = torch.compile(self.net) if compile else self.net
+        if compile:  # in place: a torch.compile wrapper would store every weight a second time
+            self.net.compile()
+            self.loss.compile()
         self.logit_threshold = logit_threshold(threshold)  # the metrics threshold logits, no sigmoid
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1) * 255, persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1) * 255, persistent=False)
@@ -128,7 +147,7 @@ class SegmentationModule(pl.LightningModule):
 
     def forward(self, images: Tensor) -> Tensor:
         """Car logits (B, 1, H, W) for uint8 images (B, 3, H, W)."""
-        return self.net_forward(self.normalize(images))
+        return self.net(self.normalize(images))
 
     def predict_mask(self, logits: Tensor) -> Tensor:
         """Binary car mask from logits at this module's threshold."""
@@ -287,6 +306,13 @@ class SegmentationModule(pl.LightningModule):
             )
         checkpoint["carvana_seg_format"] = CHECKPOINT_FORMAT
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Runs with module.compile=true up to 4a8971d stored the network a second time, under the
+        # torch.compile wrapper's name: one copy is enough, whether this module compiles or not.
+        state = checkpoint.get("state_dict", {})
+        for key in [k for k in state if k.startswith(_COMPILED_COPY)]:
+            del state[key]
+
     @classmethod
     def load_from_checkpoint(  # type: ignore[override]
         cls, checkpoint_path: str | Path, map_location: Any = "cpu", **kwargs: Any
@@ -299,6 +325,9 @@ class SegmentationModule(pl.LightningModule):
         InputError.
         """
         path = check_checkpoint(checkpoint_path)
+        # Eager unless asked: inference meets one input shape after another, and each new shape would
+        # cost a compilation that outlasts the few hundred photos it speeds up.
+        kwargs.setdefault("compile", False)
         try:
             module = super().load_from_checkpoint(
                 path, map_location=map_location, weights_only=True, **kwargs

@@ -30,7 +30,7 @@ from carvana_seg.config import CONF_DIR
 from carvana_seg.core import distributed
 from carvana_seg.core.checkpoint import check_checkpoint
 from carvana_seg.core.hparams import log_hyperparameters
-from carvana_seg.core.module import SegmentationModule, build_scheduler, check_compiler
+from carvana_seg.core.module import SegmentationModule, build_scheduler
 from carvana_seg.core.precision import check_precision, resolve_precision, uses_cuda
 from carvana_seg.core.resume import check_resumed_network, check_resumed_split, saved_hyperparameters
 from carvana_seg.core.run_config import RunConfig
@@ -77,8 +77,6 @@ def check_run(cfg: DictConfig) -> None:
         options.whole(cfg, "torch_threads")
     for key in ("compile", "channels_last"):
         options.flag(cfg, f"module.{key}")
-    if cfg.module.compile:
-        check_compiler()
     check_precision(cfg.trainer.get("precision"), "trainer.precision", LIGHTNING_ONLY_PRECISIONS)
     accelerator = str(cfg.trainer.get("accelerator", "auto"))
     gpu_here = torch.cuda.is_available() or (accelerator == "gpu" and torch.backends.mps.is_available())

@@ -45,9 +45,10 @@ def flip_mean(logits: Tensor, mirrored: Tensor) -> Tensor:
 _COMPILED_COPY = "net_forward._orig_mod."
 
 
-def check_compiler() -> None:
+def _check_compiler() -> None:
     """torch.compile writes C++ (CPU) or Triton (CUDA) kernels that a C/C++ compiler builds: without one
-    the run would fail at its first step, after the data set-up, with a long traceback."""
+    a run would fail at its first step, after the data set-up, with a long traceback (train's early
+    check of the options builds the module, so it stops there)."""
     names = [os.environ["CXX"]] if os.environ.get("CXX") else ["g++", "c++", "clang++"]
     if not any(shutil.which(name) for name in names):
         raise InputError(
@@ -118,6 +119,7 @@ class SegmentationModule(pl.LightningModule):
         self.run_config = RunConfig.from_dict(run) if run is not None else None
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if compile:  # in place: a torch.compile wrapper would store every weight a second time
+            _check_compiler()
             self.net.compile()
             self.loss.compile()
         self.logit_threshold = logit_threshold(threshold)  # the metrics threshold logits, no sigmoid

@@ -154,30 +154,33 @@ class MaskWriter(BasePredictionWriter):
         self.output.commit(self._rows)
         self._rows = []
 
+    def _files(self, name: str) -> tuple[Path | None, Path | None]:
+        """Where the photo's mask file and overlay go (None: not written)."""
+        stem = Path(name).stem
+        mask = self.mask_folder / f"{stem}_mask.{self.mask_format}" if self.mask_folder else None
+        return mask, self.overlay_folder / f"{stem}.jpg" if self.overlay_folder else None
+
     def _forget_files(self, name: str) -> None:
         """A skipped photo has no mask file or overlay: those of its earlier content (a rerun after it was
         changed into an unreadable copy) would outlive its empty row."""
-        stem = Path(name).stem
-        if self.mask_folder is not None:
-            (self.mask_folder / f"{stem}_mask.{self.mask_format}").unlink(missing_ok=True)
-        if self.overlay_folder is not None:
-            (self.overlay_folder / f"{stem}.jpg").unlink(missing_ok=True)
+        for path in self._files(name):
+            if path is not None:
+                path.unlink(missing_ok=True)
 
     def _finish(self, name: str, mask: np.ndarray) -> tuple[str, str]:
         """Off the main thread: the mask file and the overlay (each written atomically; their folders
         are flushed before the part that holds the row is committed), and the run-length row."""
-        stem = Path(name).stem
-        if self.mask_folder is not None:
-            path = self.mask_folder / f"{stem}_mask.{self.mask_format}"
-            atomic_write(path, encode_mask(mask, self.mask_format), sync_folder=False)
-        if self.overlay_folder is not None:
+        mask_path, overlay_path = self._files(name)
+        if mask_path is not None:
+            atomic_write(mask_path, encode_mask(mask, self.mask_format), sync_folder=False)
+        if overlay_path is not None:
             picture = outline_overlay(read_image(self.photos[name]), mask)
             ok, jpeg = cv2.imencode(
                 ".jpg", cv2.cvtColor(picture, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90]
             )
             if not ok:
                 raise RuntimeError(f"JPEG encoding of the overlay of {name} failed")
-            atomic_write(self.overlay_folder / f"{stem}.jpg", jpeg.tobytes(), sync_folder=False)
+            atomic_write(overlay_path, jpeg.tobytes(), sync_folder=False)
         return name, rle.encode(mask) if self.submission else ""
 
     # Lightning's hooks: Trainer.predict drives the same three steps.

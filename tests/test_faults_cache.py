@@ -228,6 +228,44 @@ def test_a_waiter_names_the_live_holder_and_gives_up_after_its_timeout(tmp_path,
         holder.stdout.close()
 
 
+# Takes the lock as file_lock does, but writes who it is only after argv[2] seconds.
+SLOW_HOLDER = textwrap.dedent(
+    """
+    import fcntl, json, os, socket, sys, time
+
+    fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+    fcntl.lockf(fd, fcntl.LOCK_EX)
+    print("locked", flush=True)
+    time.sleep(float(sys.argv[2]))
+    info = {"pid": os.getpid(), "host": socket.gethostname(), "since": "now", "what": "slow to say"}
+    os.pwrite(fd, (json.dumps(info) + "\\n").encode(), 0)
+    time.sleep(60)
+    """
+)
+
+
+@pytest.mark.parametrize("says_after", [0.3, 60])
+def test_a_waiter_that_does_not_wait_still_names_a_holder_that_has_just_taken_the_lock(tmp_path, says_after):
+    """With no wait at all (predict's lock_wait=0) the waiter may look before the holder has written
+    its pid: it gives the holder a moment to do so, and names nobody only when it never does."""
+    lock = tmp_path / ".lock"
+    holder = start(script(tmp_path, "holder.py", SLOW_HOLDER), lock, says_after)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        began = time.monotonic()
+        with pytest.raises(LockTimeout) as error, file_lock(lock, timeout=0):
+            pass
+        waited = time.monotonic() - began
+        if says_after < 1:
+            assert f"held by pid {holder.pid}" in str(error.value) and waited < 1
+        else:
+            assert "it has not written its pid yet" in str(error.value) and 0.9 < waited < 3
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder")
 def test_a_read_only_cache_folder_is_named_before_any_photo_is_read(tmp_path):
     folder = tmp_path / "cache"

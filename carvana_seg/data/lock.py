@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 DEFAULT_TIMEOUT_S = 30 * 60.0
 TIMEOUT_ENV = "CARVANA_SEG_LOCK_TIMEOUT"
 _REPEAT_NOTE_S = 60.0  # how often a waiter says again that it is still waiting
+# A holder writes its pid just after it takes the lock: a waiter whose time is up gives it this long to
+# do so, so that the error names the process to stop (lock_wait=0 would otherwise often name nobody).
+_PID_GRACE_S = 1.0
 _BUSY = (errno.EACCES, errno.EAGAIN)
 
 
@@ -147,6 +150,9 @@ def _wait_for(fd: int, path: Path, limit: float, deadline: float, poll: float) -
                 raise
         holder, pid = _describe_holder(fd)
         now = time.monotonic()
+        if now >= deadline and pid is None and now < deadline + _PID_GRACE_S:
+            time.sleep(0.01)
+            continue
         if now >= deadline:
             stop = f"stop it (kill {pid})" if pid is not None else "stop it"
             raise LockTimeout(

@@ -10,6 +10,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import albumentations as A
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
@@ -79,6 +80,26 @@ def write_photos(
     data = write_carvana(tmp_path / f"{name}_data", cars=cars, views=views, size=size, seed=9)
     shutil.rmtree(data / "train_masks")
     return (data / "train").rename(tmp_path / name)
+
+
+STUDIO_CAR = (180, 30, 30)
+
+
+def studio(scale: int = 1, backdrop: tuple[int, int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A light grey 60x90 photo with a car in rows 20..39, columns 25..64, and its mask at `scale` x the
+    photo's size; `backdrop` paints the rows above the car (the studio's wall)."""
+    photo = np.full((60, 90, 3), 200, np.uint8)
+    if backdrop is not None:
+        photo[:20] = backdrop
+    photo[20:40, 25:65] = STUDIO_CAR
+    mask = np.zeros((60 * scale, 90 * scale), np.uint8)
+    mask[20 * scale : 40 * scale, 25 * scale : 65 * scale] = 1
+    return photo, mask
+
+
+def augmented(transform: A.BasicTransform, photo: np.ndarray, mask: np.ndarray, seed: int = 0) -> dict:
+    """`transform` applied once to photo and mask (their sizes may differ), drawn from `seed`."""
+    return A.Compose([transform], seed=seed, is_check_shapes=False)(image=photo, mask=mask)
 
 
 def fine_mask_module(tmp_path: Path, augment: dict) -> CarvanaDataModule:

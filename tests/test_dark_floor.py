@@ -3,33 +3,19 @@ change, the mask never does, so it works with masks finer than the photo (`data.
 
 from __future__ import annotations
 
-import albumentations as A
 import numpy as np
 import pytest
 
 from carvana_seg.data.dark_floor import DarkFloor
 from carvana_seg.errors import DataError
-from tests.conftest import fine_mask_module
-
-
-def studio(scale: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """A light grey 60x90 photo and its car (rows 20..39, columns 25..64) as a mask at `scale` x."""
-    photo = np.full((60, 90, 3), 200, np.uint8)
-    photo[20:40, 25:65] = (180, 30, 30)
-    mask = np.zeros((60 * scale, 90 * scale), np.uint8)
-    mask[20 * scale : 40 * scale, 25 * scale : 65 * scale] = 1
-    return photo, mask
-
-
-def run(transform: DarkFloor, photo: np.ndarray, mask: np.ndarray, seed: int = 0) -> dict:
-    return A.Compose([transform], seed=seed, is_check_shapes=False)(image=photo, mask=mask)
+from tests.conftest import augmented, fine_mask_module, studio
 
 
 @pytest.mark.parametrize("scale", [1, 2])
 def test_a_band_darkens_the_floor_below_the_car_and_nothing_else(scale):
     photo, mask = studio(scale)
     band = DarkFloor(band_p=1.0, shadow_p=0.0, darkness=(0.6, 0.6), band_gap=(0.05, 0.05), p=1.0)
-    out = run(band, photo, mask)
+    out = augmented(band, photo, mask)
     assert np.array_equal(out["mask"], mask)  # the same object or an equal copy, at its own size
     changed = np.flatnonzero((out["image"] != photo).any(axis=(1, 2)))
     assert len(changed) > 0
@@ -44,7 +30,7 @@ def test_a_band_darkens_the_floor_below_the_car_and_nothing_else(scale):
 def test_a_shadow_darkens_the_floor_under_the_car_and_never_the_car(scale):
     photo, mask = studio(scale)
     shadow = DarkFloor(band_p=0.0, shadow_p=1.0, darkness=(0.8, 0.8), shadow_height=(0.05, 0.05), p=1.0)
-    out = run(shadow, photo, mask)
+    out = augmented(shadow, photo, mask)
     assert np.array_equal(out["mask"], mask)
     assert np.array_equal(out["image"][20:40, 25:65], photo[20:40, 25:65])  # the car is untouched
     under = out["image"][40:42, 30:60]  # the floor just below the car's lowest row
@@ -57,7 +43,7 @@ def test_a_soft_mask_protects_the_car_by_its_coverage():
     photo, mask = studio(2)
     soft = mask * np.uint8(255)
     shadow = DarkFloor(band_p=1.0, shadow_p=1.0, band_gap=(0.0, 0.0), p=1.0)
-    out = run(shadow, photo, soft)
+    out = augmented(shadow, photo, soft)
     assert np.array_equal(out["image"][20:40, 25:65], photo[20:40, 25:65])
     assert np.array_equal(out["mask"], soft)
 
@@ -65,11 +51,11 @@ def test_a_soft_mask_protects_the_car_by_its_coverage():
 def test_it_is_drawn_from_the_seed_and_off_with_probability_zero():
     photo, mask = studio(2)
     make = lambda: DarkFloor(p=1.0)  # noqa: E731
-    first, second = run(make(), photo, mask, seed=5), run(make(), photo, mask, seed=5)
+    first, second = augmented(make(), photo, mask, seed=5), augmented(make(), photo, mask, seed=5)
     assert np.array_equal(first["image"], second["image"])
-    draws = {run(make(), photo, mask, seed=s)["image"].tobytes() for s in range(8)}
+    draws = {augmented(make(), photo, mask, seed=s)["image"].tobytes() for s in range(8)}
     assert len(draws) > 1  # bands and shadows change from draw to draw
-    assert np.array_equal(run(DarkFloor(p=0.0), photo, mask)["image"], photo)
+    assert np.array_equal(augmented(DarkFloor(p=0.0), photo, mask)["image"], photo)
 
 
 @pytest.mark.parametrize(
@@ -102,11 +88,11 @@ def test_the_data_module_takes_it_with_finer_masks(tmp_path):
 def test_the_car_itself_darkens_when_asked_and_the_floor_stays(scale):
     photo, mask = studio(scale)
     dark_car = DarkFloor(band_p=0.0, shadow_p=0.0, car_p=1.0, car_darkness=(0.5, 0.5), p=1.0)
-    out = run(dark_car, photo, mask)
+    out = augmented(dark_car, photo, mask)
     assert np.array_equal(out["mask"], mask)
     assert np.array_equal(out["image"][:20], photo[:20]) and np.array_equal(out["image"][40:], photo[40:])
     assert np.abs(out["image"][20:40, 25:65].astype(int) - photo[20:40, 25:65] // 2).max() <= 1
-    assert np.array_equal(run(DarkFloor(band_p=0.0, shadow_p=0.0, p=1.0), photo, mask)["image"], photo)
+    assert np.array_equal(augmented(DarkFloor(band_p=0.0, shadow_p=0.0, p=1.0), photo, mask)["image"], photo)
 
 
 @pytest.mark.parametrize("scale", [1, 2])
@@ -117,7 +103,7 @@ def test_a_band_across_the_car_darkens_car_and_floor_alike(scale):
     )
     car_rows_seen = 0
     for seed in range(8):
-        out = run(across, photo, mask, seed=seed)
+        out = augmented(across, photo, mask, seed=seed)
         assert np.array_equal(out["mask"], mask)
         changed = np.flatnonzero((out["image"] != photo).any(axis=(1, 2)))
         assert 20 - 1 <= changed.min() < 40  # it starts within the car's rows

@@ -3,7 +3,6 @@ roof stands in front of the backdrop: photo and mask move together, at any mask 
 
 from __future__ import annotations
 
-import albumentations as A
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
@@ -11,48 +10,32 @@ from hydra.utils import instantiate
 
 from carvana_seg.data.tall_car import TallCar
 from carvana_seg.errors import DataError
-from tests.conftest import CONF_DIR, fine_mask_module
+from tests.conftest import CONF_DIR, STUDIO_CAR, augmented, fine_mask_module, studio
 
-CAR = (180, 30, 30)
 BACKDROP = (90, 90, 90)  # the letters' dark grey, behind the rows the car will grow into
-
-
-def studio(scale: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """A 60x90 photo: backdrop above row 20, floor below; a car in rows 20..39, columns 25..64 (its
-    mask at `scale` x the photo's size)."""
-    photo = np.full((60, 90, 3), 200, np.uint8)
-    photo[:20] = BACKDROP
-    photo[20:40, 25:65] = CAR
-    mask = np.zeros((60 * scale, 90 * scale), np.uint8)
-    mask[20 * scale : 40 * scale, 25 * scale : 65 * scale] = 1
-    return photo, mask
-
-
-def run(transform: TallCar, photo: np.ndarray, mask: np.ndarray, seed: int = 0) -> dict:
-    return A.Compose([transform], seed=seed, is_check_shapes=False)(image=photo, mask=mask)
 
 
 @pytest.mark.parametrize("scale", [1, 2])
 def test_the_car_grows_upwards_from_where_it_stands_in_photo_and_mask_alike(scale):
-    photo, mask = studio(scale)
-    out = run(TallCar(stretch=(1.5, 1.5), p=1.0), photo, mask)
+    photo, mask = studio(scale, BACKDROP)
+    out = augmented(TallCar(stretch=(1.5, 1.5), p=1.0), photo, mask)
     image, grown = out["image"], out["mask"]
     # 20 rows stretched by 1.5 about row 40: the car now starts at row 10, at the mask's scale too.
     expected = np.zeros_like(mask)
     expected[10 * scale : 40 * scale, 25 * scale : 65 * scale] = 1
     assert grown.shape == mask.shape and np.array_equal(grown, expected)
-    assert (image[11:39, 26:64] == CAR).all()  # the car's colour over what was backdrop
+    assert (image[11:39, 26:64] == STUDIO_CAR).all()  # the car's colour over what was backdrop
     assert np.abs(image[41:].astype(int) - photo[41:]).max() <= 2  # the floor under it stays
     assert np.array_equal(image[:, :24], photo[:, :24]) and np.array_equal(image[:, 66:], photo[:, 66:])
     assert np.array_equal(image[:9], photo[:9])  # above the new roof: the backdrop as it was
 
 
 def test_a_fine_mask_stays_on_the_photo_pixels_it_covers():
-    photo, mask = studio(1)
-    fine_photo, fine = studio(2)
+    photo, mask = studio(1, BACKDROP)
+    fine_photo, fine = studio(2, BACKDROP)
     for stretch in (1.13, 1.27, 1.4):
-        coarse = run(TallCar(stretch=(stretch, stretch), p=1.0), photo, mask)
-        finer = run(TallCar(stretch=(stretch, stretch), p=1.0), fine_photo, fine)
+        coarse = augmented(TallCar(stretch=(stretch, stretch), p=1.0), photo, mask)
+        finer = augmented(TallCar(stretch=(stretch, stretch), p=1.0), fine_photo, fine)
         # The photo's pixels blend the stretched car by its share: the two masks differ in the
         # share of the car's top and bottom edge rows only, by a few grey levels.
         differ = np.abs(coarse["image"].astype(int) - finer["image"]).max(axis=2)
@@ -64,22 +47,25 @@ def test_a_fine_mask_stays_on_the_photo_pixels_it_covers():
 
 
 def test_a_soft_mask_keeps_its_coverage_and_grows_with_the_car():
-    photo, mask = studio(2)
+    photo, mask = studio(2, BACKDROP)
     soft = mask * np.uint8(255)
-    out = run(TallCar(stretch=(1.5, 1.5), p=1.0), photo, soft)
+    out = augmented(TallCar(stretch=(1.5, 1.5), p=1.0), photo, soft)
     assert out["mask"].dtype == np.uint8 and (out["mask"] >= soft).all()
     assert (out["mask"][22:78, 52:128] == 255).all() and out["mask"][:18].max() == 0
 
 
 def test_a_photo_without_a_car_is_unchanged_and_it_is_drawn_from_the_seed():
-    photo, mask = studio(2)
+    photo, mask = studio(2, BACKDROP)
     empty = np.zeros_like(mask)
-    out = run(TallCar(p=1.0), photo, empty)
+    out = augmented(TallCar(p=1.0), photo, empty)
     assert np.array_equal(out["image"], photo) and not out["mask"].any()
-    first, second = run(TallCar(p=1.0), photo, mask, seed=3), run(TallCar(p=1.0), photo, mask, seed=3)
+    first, second = (
+        augmented(TallCar(p=1.0), photo, mask, seed=3),
+        augmented(TallCar(p=1.0), photo, mask, seed=3),
+    )
     assert np.array_equal(first["mask"], second["mask"])
-    assert len({run(TallCar(p=1.0), photo, mask, seed=s)["mask"].tobytes() for s in range(8)}) > 1
-    assert np.array_equal(run(TallCar(p=0.0), photo, mask)["image"], photo)
+    assert len({augmented(TallCar(p=1.0), photo, mask, seed=s)["mask"].tobytes() for s in range(8)}) > 1
+    assert np.array_equal(augmented(TallCar(p=0.0), photo, mask)["image"], photo)
 
 
 @pytest.mark.parametrize("stretch", [(0.9, 1.2), (1.4, 1.1), (1.2,)])

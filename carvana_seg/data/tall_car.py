@@ -44,43 +44,41 @@ class TallCar(A.DualTransform):
     def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
         mask = data["mask"]
         rows = np.flatnonzero(mask.any(axis=1))
-        # The car's lowest row as a share of the frame's height (None: no car to stretch).
-        bottom = (rows[-1] + 1) / mask.shape[0] if len(rows) else None
-        return {"bottom": bottom, "stretch": self.py_random.uniform(*self.stretch), "car": mask}
+        if not len(rows):
+            return {"bottom": None, "stretch": 1.0, "grown": None}
+        # The car's lowest row as a share of the frame's height, and the stretched car's share of each
+        # pixel of the mask's grid (float32 in [0, 1]), from which the photo's alpha is drawn too.
+        bottom, stretch = (rows[-1] + 1) / mask.shape[0], self.py_random.uniform(*self.stretch)
+        share = mask.astype(np.float32) / (255.0 if mask.max() > 1 else 1.0)
+        matrix = stretch_matrix(bottom * mask.shape[0], stretch)
+        grown = cv2.warpAffine(share, matrix, share.shape[::-1], flags=cv2.INTER_LINEAR, borderValue=0.0)
+        return {"bottom": bottom, "stretch": stretch, "grown": grown}
 
     def apply(
-        self, img: np.ndarray, bottom: float | None = None, stretch: float = 1.0, car: Any = None, **_: Any
+        self,
+        img: np.ndarray,
+        bottom: float | None = None,
+        stretch: float = 1.0,
+        grown: np.ndarray | None = None,
+        **_: Any,
     ) -> np.ndarray:
-        if bottom is None or car is None:
+        if bottom is None or grown is None:
             return img
         height, width = img.shape[:2]
         matrix = stretch_matrix(bottom * height, stretch)
-        grown = cv2.warpAffine(
+        car = cv2.warpAffine(
             img, matrix, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
         )
-        # The stretched car's share of each photo pixel, from the mask at its own (maybe finer) size.
-        share = self._stretched_share(car, bottom, stretch)
-        alpha = np.clip(cv2.resize(share, (width, height), interpolation=cv2.INTER_AREA), 0, 1)
+        alpha = np.clip(cv2.resize(grown, (width, height), interpolation=cv2.INTER_AREA), 0, 1)
         alpha = alpha[..., None] if img.ndim == 3 else alpha
-        return np.clip(np.rint(img * (1 - alpha) + grown * alpha), 0, 255).astype(img.dtype)
+        return np.clip(np.rint(img * (1 - alpha) + car * alpha), 0, 255).astype(img.dtype)
 
-    def apply_to_mask(
-        self, mask: np.ndarray, bottom: float | None = None, stretch: float = 1.0, **_: Any
-    ) -> np.ndarray:
-        if bottom is None:
+    def apply_to_mask(self, mask: np.ndarray, grown: np.ndarray | None = None, **_: Any) -> np.ndarray:
+        if grown is None:
             return mask
-        share = self._stretched_share(mask, bottom, stretch)
         if mask.max() > 1:  # soft coverage, 0..255
-            return np.maximum(mask, np.rint(share * 255).astype(mask.dtype))
-        return np.maximum(mask, (share >= 0.5).astype(mask.dtype))
-
-    @staticmethod
-    def _stretched_share(mask: np.ndarray, bottom: float, stretch: float) -> np.ndarray:
-        """The car's share of each pixel of `mask`'s grid after the stretch, as float32 in [0, 1]."""
-        share = mask.astype(np.float32) / (255.0 if mask.max() > 1 else 1.0)
-        height, width = share.shape[:2]
-        matrix = stretch_matrix(bottom * height, stretch)
-        return cv2.warpAffine(share, matrix, (width, height), flags=cv2.INTER_LINEAR, borderValue=0.0)
+            return np.maximum(mask, np.rint(grown * 255).astype(mask.dtype))
+        return np.maximum(mask, (grown >= 0.5).astype(mask.dtype))
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:
         return ("stretch",)

@@ -122,9 +122,12 @@ def test_real_data_recipes_validate_their_last_epoch(recipe):
     assert cfg.data.cache and cfg.callbacks.model_checkpoint.save_last
 
 
-def test_the_cpu_recipe_darkens_floors_and_cars_and_augment_dark_floor_or_none_give_light_bands_or_flip():
+def test_the_cpu_recipe_stretches_and_darkens_cars_and_augment_dark_floor_or_none_give_light_bands_or_flip():
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        recipe = compose("train", overrides=["experiment=carvana_cpu", "data.root=/data"])
+        tall = compose("train", overrides=["experiment=carvana_cpu", "data.root=/data"])
+        recipe = compose(
+            "train", overrides=["experiment=carvana_cpu", "augment=dark_floor_cars", "data.root=/data"]
+        )
         light_bands = compose(
             "train", overrides=["experiment=carvana_cpu", "augment=dark_floor", "data.root=/data"]
         )
@@ -139,6 +142,7 @@ def test_the_cpu_recipe_darkens_floors_and_cars_and_augment_dark_floor_or_none_g
         k: v for k, v in light.items() if k not in ("darkness", "car_p")
     }
     assert not flip_alone.data.augment
+    assert list(tall.data.augment) == ["tall_car", "dark_floor"] and tall.data.augment.dark_floor == dark
 
 
 @pytest.mark.parametrize("recipe", ["carvana_cpu", "carvana_cpu_augment", "carvana_cpu augment=none"])

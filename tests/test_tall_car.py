@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 
 from carvana_seg.data.tall_car import TallCar
 from carvana_seg.errors import DataError
-from tests.conftest import CONF_DIR, STUDIO_CAR, augmented, fine_mask_module, studio
+from tests.conftest import STUDIO_CAR, augmented, fine_mask_module, studio
 
 BACKDROP = (90, 90, 90)  # the letters' dark grey, behind the rows the car will grow into
 
@@ -81,16 +79,3 @@ def test_the_data_module_takes_it_with_finer_masks(tmp_path):
     assert item["mask"].shape == (1, 48, 72) and item["image"].shape == (3, 24, 36)
     grown = item["mask"][0].numpy()
     assert (grown >= mask).all() and grown.sum() > mask.sum()  # taller, never smaller
-
-
-def test_augment_dark_floor_tall_cars_is_the_recipes_augmentation_after_tall_car():
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        recipe = compose("train", overrides=["experiment=carvana_cpu", "data.root=/data"])
-        tall = compose(
-            "train", overrides=["experiment=carvana_cpu", "augment=dark_floor_tall_cars", "data.root=/data"]
-        )
-    # TallCar first, so that the floor bands and shadows are drawn under the car it leaves.
-    assert list(tall.data.augment) == ["tall_car", "dark_floor"]
-    assert tall.data.augment.dark_floor == recipe.data.augment.dark_floor
-    assert tall.data.mask_scale == 2
-    instantiate(tall.data)  # finer masks and TallCar agree

@@ -124,17 +124,17 @@ def test_real_data_recipes_validate_their_last_epoch(recipe):
 
 def test_the_cpu_recipe_stretches_and_darkens_cars_and_augment_dark_floor_or_none_give_light_bands_or_flip():
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        tall = compose("train", overrides=["experiment=carvana_cpu", "data.root=/data"])
-        recipe = compose(
+        recipe = compose("train", overrides=["experiment=carvana_cpu", "data.root=/data"])
+        dark_cars = compose(
             "train", overrides=["experiment=carvana_cpu", "augment=dark_floor_cars", "data.root=/data"]
         )
         light_bands = compose(
             "train", overrides=["experiment=carvana_cpu", "augment=dark_floor", "data.root=/data"]
         )
         flip_alone = compose("train", overrides=["experiment=carvana_cpu", "augment=none", "data.root=/data"])
-    assert recipe.data.hflip_p == light_bands.data.hflip_p == flip_alone.data.hflip_p == 0.5
-    dark, light = recipe.data.augment.dark_floor, light_bands.data.augment.dark_floor
-    assert list(recipe.data.augment) == ["dark_floor"] == list(light_bands.data.augment)
+    assert dark_cars.data.hflip_p == light_bands.data.hflip_p == flip_alone.data.hflip_p == 0.5
+    dark, light = dark_cars.data.augment.dark_floor, light_bands.data.augment.dark_floor
+    assert list(dark_cars.data.augment) == ["dark_floor"] == list(light_bands.data.augment)
     assert (list(dark.darkness), dark.car_p) == ([0.25, 0.6], 0.5)
     assert (list(light.darkness), light.car_p) == ([0.1, 0.4], 0.0)
     # Only those two differ: the rest of DarkFloor's settings are the light bands' own.
@@ -142,7 +142,7 @@ def test_the_cpu_recipe_stretches_and_darkens_cars_and_augment_dark_floor_or_non
         k: v for k, v in light.items() if k not in ("darkness", "car_p")
     }
     assert not flip_alone.data.augment
-    assert list(tall.data.augment) == ["tall_car", "dark_floor"] and tall.data.augment.dark_floor == dark
+    assert list(recipe.data.augment) == ["tall_car", "dark_floor"] and recipe.data.augment.dark_floor == dark
 
 
 @pytest.mark.parametrize("recipe", ["carvana_cpu", "carvana_cpu_augment", "carvana_cpu augment=none"])

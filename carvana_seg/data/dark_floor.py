@@ -23,9 +23,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import albumentations as A
-import cv2
 import numpy as np
 
+from carvana_seg.data.car_share import car_share, share_at
 from carvana_seg.data.option_range import option_range
 from carvana_seg.errors import DataError
 
@@ -121,8 +121,7 @@ class DarkFloor(A.DualTransform):
         if car is not None and car.any():
             # The floor's cut spares the car, the car's own cut spares the floor: the car's share of each
             # photo pixel, from a mask at any size ({0, 1} or a soft 0..255 coverage).
-            share = car.astype(np.float32) / (255.0 if car.max() > 1 else 1.0)
-            coverage = np.clip(cv2.resize(share, (width, height), interpolation=cv2.INTER_AREA), 0, 1)
+            coverage = share_at(car_share(car), height, width)
             cut = cut * (1 - coverage) + car_cut * coverage
         cut = np.maximum(cut, band_cut)
         gain = (1 - cut)[..., None] if img.ndim == 3 else 1 - cut

@@ -21,6 +21,7 @@ import albumentations as A
 import cv2
 import numpy as np
 
+from carvana_seg.data.car_share import car_share, share_at
 from carvana_seg.data.option_range import option_range
 
 
@@ -49,7 +50,7 @@ class TallCar(A.DualTransform):
         # The car's lowest row as a share of the frame's height, and the stretched car's share of each
         # pixel of the mask's grid (float32 in [0, 1]), from which the photo's alpha is drawn too.
         bottom, stretch = (rows[-1] + 1) / mask.shape[0], self.py_random.uniform(*self.stretch)
-        share = mask.astype(np.float32) / (255.0 if mask.max() > 1 else 1.0)
+        share = car_share(mask)
         matrix = stretch_matrix(bottom * mask.shape[0], stretch)
         grown = cv2.warpAffine(share, matrix, share.shape[::-1], flags=cv2.INTER_LINEAR, borderValue=0.0)
         return {"bottom": bottom, "stretch": stretch, "grown": grown}
@@ -69,7 +70,7 @@ class TallCar(A.DualTransform):
         car = cv2.warpAffine(
             img, matrix, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
         )
-        alpha = np.clip(cv2.resize(grown, (width, height), interpolation=cv2.INTER_AREA), 0, 1)
+        alpha = share_at(grown, height, width)
         alpha = alpha[..., None] if img.ndim == 3 else alpha
         return np.clip(np.rint(img * (1 - alpha) + car * alpha), 0, 255).astype(img.dtype)
 

@@ -52,12 +52,24 @@ def test_the_pipeline_draws_its_moves_from_the_seed_and_applies_them_to_both():
     assert first["mask"].sum() < box((50, 90), 2).sum()  # zoomed out: the car is smaller
 
 
+def test_a_sideways_range_moves_the_car_across_the_frame_but_never_up_or_down():
+    mask = box((50, 90), 1)
+    reframe = A.Compose([Reframe(zoom=(1.0, 1.0), shift=(-0.12, 0.12), shift_y=(0.0, 0.0), p=1.0)], seed=5)
+    moves = [reframe(image=np.dstack([mask] * 3), mask=mask)["mask"] for _ in range(6)]
+    rows = [np.flatnonzero(m.any(axis=1)) for m in moves]
+    columns = {int(np.flatnonzero(m.any(axis=0))[0]) for m in moves}
+    assert all(r.tolist() == list(range(12, 40)) for r in rows)  # the floor line stays where it was
+    assert len(columns) > 1  # while the car moves sideways
+    assert Reframe(shift=(-0.1, 0.1)).shift_y == (-0.1, 0.1)  # by default one range for both
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
         ({"zoom": (0.9, 0.8)}, "zoom must be"),
         ({"shift": (0.1,)}, "shift must be"),
         ({"zoom": (0.0, 1.0)}, "zoom"),
+        ({"shift_y": (0.2, -0.2)}, "shift_y must be"),
     ],
 )
 def test_bad_ranges_are_refused_by_name(kwargs, message):

@@ -47,7 +47,8 @@ def warp(array: np.ndarray, zoom: float, dx: float, dy: float) -> np.ndarray:
 
 class Reframe(A.DualTransform):
     """Zoom by a factor drawn from `zoom` (below 1: the camera farther back, more floor and backdrop in
-    view) and shift by shares of the frame drawn from `shift`, with probability `p`.
+    view) and shift by shares of the frame drawn from `shift`, with probability `p`. `shift_y`, when
+    given, is the vertical range instead (`[0, 0]`: sideways only, the car's floor line kept).
 
     `any_resolution` tells the data module that the mask may be at a multiple of the photo's size.
     """
@@ -55,17 +56,22 @@ class Reframe(A.DualTransform):
     any_resolution = True
 
     def __init__(
-        self, zoom: Sequence[float] = (0.75, 1.0), shift: Sequence[float] = (-0.04, 0.04), p: float = 0.5
+        self,
+        zoom: Sequence[float] = (0.75, 1.0),
+        shift: Sequence[float] = (-0.04, 0.04),
+        shift_y: Sequence[float] | None = None,
+        p: float = 0.5,
     ) -> None:
         super().__init__(p=p)
         self.zoom = option_range("Reframe", "zoom", zoom, low=0.1)
         self.shift = option_range("Reframe", "shift", shift, low=-0.5)
+        self.shift_y = option_range("Reframe", "shift_y", shift_y, low=-0.5) if shift_y else self.shift
 
     def get_params(self) -> dict[str, float]:
         return {
             "zoom": self.py_random.uniform(*self.zoom),
             "dx": self.py_random.uniform(*self.shift),
-            "dy": self.py_random.uniform(*self.shift),
+            "dy": self.py_random.uniform(*self.shift_y),
         }
 
     def apply(
@@ -79,4 +85,4 @@ class Reframe(A.DualTransform):
         return warp(mask, zoom, dx, dy)
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:
-        return ("zoom", "shift")
+        return ("zoom", "shift", "shift_y")

@@ -70,6 +70,7 @@ def test_a_sideways_range_moves_the_car_across_the_frame_but_never_up_or_down():
         ({"shift": (0.1,)}, "shift must be"),
         ({"zoom": (0.0, 1.0)}, "zoom"),
         ({"shift_y": (0.2, -0.2)}, "shift_y must be"),
+        ({"shift_y": 0}, "shift_y must be"),
     ],
 )
 def test_bad_ranges_are_refused_by_name(kwargs, message):

@@ -65,7 +65,9 @@ class Reframe(A.DualTransform):
         super().__init__(p=p)
         self.zoom = option_range("Reframe", "zoom", zoom, low=0.1)
         self.shift = option_range("Reframe", "shift", shift, low=-0.5)
-        self.shift_y = option_range("Reframe", "shift_y", shift_y, low=-0.5) if shift_y else self.shift
+        self.shift_y = self.shift
+        if shift_y is not None:
+            self.shift_y = option_range("Reframe", "shift_y", shift_y, low=-0.5)
 
     def get_params(self) -> dict[str, float]:
         return {
